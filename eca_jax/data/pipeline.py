@@ -1,0 +1,436 @@
+"""Train and eval input pipelines: per-process shards of a tfds split -> global, sharded ``jax.Array`` batches.
+
+Multi-host layout: process ``p`` of ``P`` reads only ``tfds.even_splits(split, P)[p]`` and builds
+``global_batch_size / P`` examples per step; ``jax.make_array_from_process_local_data`` turns the
+local batches into global arrays sharded with ``sharding`` (a ``NamedSharding`` over the batch
+axis, e.g. ``NamedSharding(mesh, P(("data", "fsdp")))``). Batches are placed on the devices
+``prefetch`` steps ahead (device transfers are asynchronous), on top of tf.data's own prefetch.
+
+Train stream (infinite, ``TrainIterator``): epoch ``e`` is a pass over the local shard shuffled
+with a seed derived from ``(seed, process, e)``; every process yields ``steps_per_epoch =
+min_p(n_p) // local_batch`` batches per epoch (the same number on all processes; the few examples
+left over change from epoch to epoch). Augmentation randomness is keyed by ``(seed, process, e,
+position in epoch)``. So the stream is a pure function of the seed, and its position is
+``(epoch, step_in_epoch)``: ``get_state()`` returns it as a JSON-serialisable dict, and
+``make_train_iterator(..., state=that_dict)`` continues with exactly the batches an uninterrupted
+run would have seen.
+
+Eval (finite, ``EvalIterator``): one pass over the eval split in order, local batches padded to
+the same number of steps on every process, with ``mask`` (1.0 for real examples, 0.0 for padding)
+and ``index`` (the example's position in the split, -1 for padding): every example has mask 1
+exactly once across all processes; ``num_examples`` is the split size.
+
+Batches: ``{"image": float32 (global_batch, H, W, 3) normalized, "label": int32 (global_batch,)}``
+(+ ``"mask"`` float32 and ``"index"`` int32 in eval).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from eca_jax.data import datasets, sources, transforms
+from eca_jax.data._tf import tf
+
+STATE_FORMAT = "eca_jax.data.train_stream/1"
+AUTOTUNE = tf.data.AUTOTUNE
+CACHE_LIMIT_BYTES = 1 << 30  # cache="auto": fixed-shape shards under 1 GiB decoded are held in memory
+
+Batch = dict[str, np.ndarray]
+
+
+# ------------------------------------------------------------------ processes, seeds, device transfer
+
+def _local_batch_size(sharding: jax.sharding.Sharding, global_batch_size: int) -> int:
+    """Rows of the global batch that this process supplies; checks that processes split the batch evenly."""
+    if not isinstance(global_batch_size, int) or global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
+    try:
+        index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    except ValueError as e:
+        raise ValueError(f"global_batch_size {global_batch_size} cannot be split over the sharding {sharding}: {e}") from None
+    rows = {index[0].indices(global_batch_size)[:2] for index in index_map.values()}
+    local = sum(stop - start for start, stop in rows)
+    if local * jax.process_count() != global_batch_size:
+        raise ValueError(
+            f"The batch axis of {sharding} must be split evenly over the {jax.process_count()} processes "
+            f"(this process holds {local} of {global_batch_size} rows); eca_jax.data feeds data-parallel "
+            "meshes where each process supplies its own part of the batch.")
+    return local
+
+
+def _derive_seed(*ints: int) -> int:
+    """A 31-bit seed from several integers (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _augment_key(augment_seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+    """The stateless seed (2,) of one example's augmentation: a function of (seed, epoch, position) only."""
+    base = tf.stack([tf.constant(augment_seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def _prefetched(items: Iterator[tuple[Any, Batch]], sharding, size: int) -> Iterator[tuple[Any, dict[str, jax.Array]]]:
+    """Turns ``(tag, local batch)`` items into global arrays on the devices, ``size`` items ahead of the consumer."""
+    queue: collections.deque = collections.deque()
+    process_count = jax.process_count()
+    for tag, batch in items:
+        arrays = {key: jax.make_array_from_process_local_data(
+                      sharding, value, (value.shape[0] * process_count, *value.shape[1:]))
+                  for key, value in batch.items()}
+        queue.append((tag, arrays))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+# ------------------------------------------------------------------ reading and errors
+
+class _Reader:
+    """Common setup of both pipelines: this process's shard of ``split`` and where it is read from."""
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, info: datasets.DatasetInfo, split: str, *, cache,
+                 num_threads: Optional[int], shuffle_buffer_size: int):
+        self.builder, self.info, self.split = builder, info, split
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        shards = tfds.even_splits(split, self.process_count)
+        try:
+            self.shard_sizes = [builder.info.splits[s].num_examples for s in shards]
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"Dataset {info.name!r} has no split {split!r} (splits: {list(builder.info.splits)}): "
+                             f"{e}") from None
+        self.shard_offset = sum(self.shard_sizes[:self.process_index])  # where our shard starts in the split
+        local = shards[self.process_index]
+        keys = dict(image_key=info.image_key, label_key=info.label_key)
+        if cache not in (True, False, "auto", None):
+            raise ValueError(f"cache must be True, False or 'auto', got {cache!r}")
+        if cache in ("auto", None):
+            cache = sources.fits_in_memory(builder, local, info.image_key, CACHE_LIMIT_BYTES)
+        elif cache and sources.fixed_image_shape(builder, info.image_key) is None:
+            raise ValueError(f"cache=True needs images of one fixed shape; {info.name!r} images vary in size "
+                             "(use cache=False or 'auto').")
+        self.source: Any
+        if cache:
+            self.source = sources.MemorySource(builder, local, num_threads=num_threads, **keys)
+        else:
+            self.source = sources.TfdsSource(builder, local, num_threads=num_threads,
+                                             shuffle_buffer_size=shuffle_buffer_size, **keys)
+        self.in_memory = bool(cache)
+
+    def describe(self) -> str:
+        return f"{self.info.name} split {self.split!r} (process {self.process_index}/{self.process_count})"
+
+
+def _undecodable(examples: tf.data.Dataset) -> list[str]:
+    """``"name (reason)"`` for each example of ``examples`` (``(position, example)`` pairs) whose image fails to decode."""
+    bad = []
+    for _, example in examples:
+        image, name = example["image"], example["name"].numpy().decode("utf-8", "replace")
+        if not bool(transforms.is_known_format(image)):
+            bad.append(f"{name} (not JPEG/PNG/GIF/BMP/WebP data)")
+            continue
+        try:
+            transforms.decode_rgb(image, name, accurate=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            bad.append(f"{name} ({transforms.short_tf_message(e)})")
+    return bad
+
+
+def _numpy_batches(ds: tf.data.Dataset, what: str,
+                   batch_examples: Optional[Callable[[int], tf.data.Dataset]] = None) -> Iterator[Batch]:
+    """Iterates a tf.data pipeline of batches; a failed image decode raises ValueError naming the image.
+
+    ``batch_examples(k)`` returns the source examples of batch ``k``: they are decoded one by one
+    to find the culprit (the pipeline is deterministic, so batch ``k`` is where the error came from).
+    """
+    iterator = ds.as_numpy_iterator()
+    k = 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            bad = _undecodable(batch_examples(k)) if batch_examples else []
+            if bad:
+                raise ValueError(f"{what}, batch {k}: cannot decode image {'; '.join(bad)}.") from None
+            raise ValueError(f"{what}, batch {k}: {transforms.short_tf_message(e)}") from None
+        k += 1
+        yield batch
+
+
+# ------------------------------------------------------------------ train
+
+class TrainIterator:
+    """Infinite iterator of global train batches; ``get_state()`` is its JSON-serialisable position."""
+
+    def __init__(self, reader: _Reader, *, sharding, global_batch_size: int, local_batch_size: int, seed: int,
+                 augment: str, transform: Callable, num_parallel_calls, prefetch: int, state: Optional[dict]):
+        self._reader, self._transform, self._augment = reader, transform, augment
+        self._global_batch, self._local_batch = global_batch_size, local_batch_size
+        self._seed, self._num_parallel_calls = int(seed), num_parallel_calls
+        self._shuffle_seed = _derive_seed(self._seed, reader.process_index, 0)
+        self._augment_seed = _derive_seed(self._seed, reader.process_index, 1)
+        self.steps_per_epoch = min(reader.shard_sizes) // local_batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{reader.describe()}: the smallest process shard has {min(reader.shard_sizes)} examples, fewer "
+                f"than one local batch ({local_batch_size}); use a smaller global_batch_size.")
+        self._epoch, self._step = self._resume_position(state)
+        self._stream = _prefetched(self._local_stream(self._epoch, self._step), sharding, prefetch)
+
+    # -- position
+    def _identity(self) -> dict:
+        return {"dataset": self._reader.info.name, "split": self._reader.split, "seed": self._seed}
+
+    def _resume_position(self, state: Optional[dict]) -> tuple[int, int]:
+        if state is None:
+            return 0, 0
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"Not a train-stream state of eca_jax.data (format {STATE_FORMAT!r}): {state!r}")
+        mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
+        if mismatched:
+            raise ValueError(f"Cannot resume the train stream: the saved state belongs to another stream "
+                             f"(saved vs now: {mismatched}).")
+        epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
+        if (state["global_batch_size"], state["process_count"]) != (self._global_batch, self._reader.process_count):
+            step = step * int(state["global_batch_size"]) // self._global_batch
+            logging.warning(
+                "eca_jax.data: resuming with global_batch_size %d and %d processes (saved: %s and %s); "
+                "continuing from epoch %d, step %d, but the batches will differ from an uninterrupted run.",
+                self._global_batch, self._reader.process_count, state["global_batch_size"],
+                state["process_count"], epoch, step)
+        if step >= self.steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        return epoch, step
+
+    def _after(self, epoch: int, step: int) -> tuple[int, int]:
+        """The position after consuming the batch at (epoch, step)."""
+        return (epoch + 1, 0) if step + 1 == self.steps_per_epoch else (epoch, step + 1)
+
+    # -- tf.data pipelines
+    def _memory_dataset(self, epoch: int, step: int) -> tf.data.Dataset:
+        """Infinite stream of local batches from the in-memory shard, starting at (epoch, step)."""
+        source, b, transform, augment_seed = self._reader.source, self._local_batch, self._transform, self._augment_seed
+        ds = source.index_stream(self._shuffle_seed, epoch, step * b, self.steps_per_epoch * b)
+        if self._augment == "none":  # no randomness: gather and resize whole batches at once
+            def prepare_batch(epochs, positions, index):
+                example = source.gather(index)
+                return {"image": transform(example["image"], None, name=""),
+                        "label": tf.cast(example["label"], tf.int32)}
+            ds = ds.batch(b, drop_remainder=True).map(prepare_batch, num_parallel_calls=self._num_parallel_calls,
+                                                      deterministic=True)
+        else:
+            def prepare(e, position, index):
+                example = source.gather(index)
+                image = transform(example["image"], _augment_key(augment_seed, e, position), name="")
+                return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+            ds = ds.map(prepare, num_parallel_calls=self._num_parallel_calls, deterministic=True)
+            ds = ds.batch(b, drop_remainder=True)
+        return ds.prefetch(AUTOTUNE)
+
+    def _epoch_shuffle_seed(self, epoch: int) -> int:
+        return _derive_seed(self._shuffle_seed, epoch)
+
+    def _tfds_epoch_dataset(self, epoch: int, skip_steps: int) -> tf.data.Dataset:
+        """Local batches of epoch ``epoch`` streamed from the tfds files, its first ``skip_steps`` left out."""
+        transform, augment_seed = self._transform, self._augment_seed
+
+        def prepare(position, example):
+            image = transform(example["image"], _augment_key(augment_seed, epoch, position), name=example["name"])
+            return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+        ds = self._reader.source.examples(self._epoch_shuffle_seed(epoch), skip=skip_steps * self._local_batch)
+        ds = ds.take((self.steps_per_epoch - skip_steps) * self._local_batch)  # before decoding: nothing wasted
+        ds = ds.map(prepare, num_parallel_calls=self._num_parallel_calls, deterministic=True)
+        return ds.batch(self._local_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def _tfds_batch_examples(self, epoch: int, skip_steps: int) -> Callable[[int], tf.data.Dataset]:
+        """Source examples of the k-th batch of ``_tfds_epoch_dataset(epoch, skip_steps)`` (to name bad images)."""
+        b = self._local_batch
+        return lambda k: self._reader.source.examples(self._epoch_shuffle_seed(epoch), skip=(skip_steps + k) * b).take(b)
+
+    def _local_stream(self, epoch: int, step: int) -> Iterator[tuple[tuple[int, int], Batch]]:
+        """``(position after the batch, local batch)`` forever."""
+        if self._reader.in_memory:  # one continuous tf.data pipeline over all epochs
+            for batch in _numpy_batches(self._memory_dataset(epoch, step), self._reader.describe()):
+                epoch, step = self._after(epoch, step)
+                yield (epoch, step), batch
+        while True:  # one tfds pipeline per epoch (tfds' file shuffle takes a Python seed)
+            what = f"{self._reader.describe()}, epoch {epoch}"
+            examples = self._tfds_batch_examples(epoch, step)
+            for batch in _numpy_batches(self._tfds_epoch_dataset(epoch, step), what, examples):
+                epoch, step = self._after(epoch, step)
+                yield (epoch, step), batch
+
+    # -- iterator protocol
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        (self._epoch, self._step), batch = next(self._stream)
+        return batch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch comes from."""
+        return self._epoch
+
+    def get_state(self) -> dict:
+        """Position of the next batch: JSON-serialisable; pass as ``state=`` to resume exactly here."""
+        return {"format": STATE_FORMAT, **self._identity(), "global_batch_size": self._global_batch,
+                "process_count": self._reader.process_count, "epoch": self._epoch, "step_in_epoch": self._step,
+                "steps_per_epoch": self.steps_per_epoch,
+                "examples_seen": (self._epoch * self.steps_per_epoch + self._step) * self._global_batch}
+
+
+# ------------------------------------------------------------------ eval
+
+class EvalIterator:
+    """One ordered pass over the eval split per ``iter()``, padded and masked; ``num_examples`` is exact."""
+
+    def __init__(self, reader: _Reader, *, sharding, global_batch_size: int, local_batch_size: int,
+                 transform: Callable, image_size: int, num_parallel_calls, prefetch: int):
+        self._reader, self._sharding, self._transform = reader, sharding, transform
+        self._local_batch, self._image_size = local_batch_size, image_size
+        self._num_parallel_calls, self._prefetch = num_parallel_calls, prefetch
+        self.global_batch_size = global_batch_size
+        self.num_examples = sum(reader.shard_sizes)
+        self.num_steps = math.ceil(max(reader.shard_sizes) / local_batch_size) if self.num_examples else 0
+        self._padding = self.num_steps * local_batch_size - reader.source.num_examples
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def _memory_dataset(self) -> tf.data.Dataset:
+        """Vectorized: batches of indices (-1 = padding) -> gathered images, one resize per batch."""
+        source, offset, transform = self._reader.source, self._reader.shard_offset, self._transform
+        index = np.concatenate([np.arange(source.num_examples), np.full(self._padding, -1)]).astype(np.int64)
+
+        def prepare_batch(index):
+            real = index >= 0
+            example = source.gather(tf.maximum(index, 0))
+            return {"image": transform(example["image"], name=""),
+                    "label": tf.where(real, tf.cast(example["label"], tf.int32), 0),
+                    "mask": tf.cast(real, tf.float32),
+                    "index": tf.where(real, tf.cast(index + offset, tf.int32), -1)}
+
+        ds = tf.data.Dataset.from_tensor_slices(index).batch(self._local_batch, drop_remainder=True)
+        ds = ds.map(prepare_batch, num_parallel_calls=self._num_parallel_calls, deterministic=True)
+        return ds.with_options(sources.read_options(source.num_threads)).prefetch(AUTOTUNE)
+
+    def _tfds_dataset(self) -> tf.data.Dataset:
+        offset, transform, s = self._reader.shard_offset, self._transform, self._image_size
+
+        def prepare(position, example):
+            return {"image": transform(example["image"], name=example["name"]),
+                    "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(1.0, tf.float32),
+                    "index": tf.cast(position + offset, tf.int32)}
+
+        ds = self._reader.source.examples(shuffle_seed=None)
+        ds = ds.map(prepare, num_parallel_calls=self._num_parallel_calls, deterministic=True)
+        padding = tf.data.Dataset.from_tensors({
+            "image": tf.zeros((s, s, 3), tf.float32), "label": tf.constant(0, tf.int32),
+            "mask": tf.constant(0.0, tf.float32), "index": tf.constant(-1, tf.int32)})
+        ds = ds.concatenate(padding.repeat(self._padding))
+        return ds.batch(self._local_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        what = f"{self._reader.describe()}, eval"
+        if self._reader.in_memory:
+            local = _numpy_batches(self._memory_dataset(), what)
+        else:
+            b = self._local_batch
+            examples = lambda k: self._reader.source.examples(None, skip=k * b).take(b)  # noqa: E731
+            local = _numpy_batches(self._tfds_dataset(), what, examples)
+        for _, batch in _prefetched(((None, x) for x in local), self._sharding, self._prefetch):
+            yield batch
+
+
+# ------------------------------------------------------------------ public constructors
+
+def _check_common(image_size: int, interpolation: str, num_parallel_calls: Optional[int], prefetch: int):
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+    transforms.check_interpolation(interpolation)
+    return AUTOTUNE if num_parallel_calls is None else int(num_parallel_calls)
+
+
+def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, seed: int,
+                        sharding: jax.sharding.Sharding, data_dir: Optional[str] = None,
+                        manual_dir: Optional[str] = None, augment: Optional[str] = None,
+                        state: Optional[dict] = None, split: Optional[str] = None,
+                        interpolation: str = "bilinear", cache: Any = "auto", shuffle_buffer_size: int = 10_000,
+                        num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
+                        prefetch: int = 2) -> TrainIterator:
+    """Infinite, seeded, resumable stream of global train batches (see the module docstring).
+
+    Args:
+      augment: ``"inception_crop_flip"`` or ``"none"``; None takes the dataset's default
+        (``"none"`` for digits, else ``"inception_crop_flip"``).
+      state: a dict from ``TrainIterator.get_state()`` to resume from.
+      split: defaults to the dataset's train split (tfds slicing such as ``"train[:90%]"`` works).
+      cache: True holds this process's shard in memory, decoded (fixed-shape images only); False
+        streams it from the tfds files; ``"auto"``: in memory when fixed-shape and under 1 GiB.
+      shuffle_buffer_size: encoded records in the shuffle buffer when streaming.
+      num_parallel_calls / num_threads: parallel image transforms / size of tf.data's thread pool
+        (None: tf.data's autotuning and default pool).
+      prefetch: batches placed on the devices ahead of the consumer.
+    Returns a ``TrainIterator`` yielding ``{"image": float32 (B, S, S, 3), "label": int32 (B,)}``.
+    """
+    num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
+    if augment is not None and augment not in transforms.AUGMENTS:
+        raise ValueError(f"Unknown augment {augment!r}; choose one of {transforms.AUGMENTS}.")
+    local_batch = _local_batch_size(sharding, global_batch_size)
+    builder = datasets.prepare(name, data_dir, manual_dir)
+    info = datasets.dataset_info_from_builder(name, builder)
+    augment = info.augment if augment is None else augment
+    reader = _Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
+                     num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
+
+    def transform(image, key, name):
+        return transforms.train_transform(image, key, image_size=image_size, augment=augment,
+                                          interpolation=interpolation, name=name)
+
+    return TrainIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
+                         seed=seed, augment=augment, transform=transform, num_parallel_calls=num_parallel_calls,
+                         prefetch=prefetch, state=state)
+
+
+def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sharding: jax.sharding.Sharding,
+                       resize_size: Optional[int] = None, crop_pct: Optional[float] = None,
+                       data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                       split: Optional[str] = None, interpolation: str = "bilinear", cache: Any = "auto",
+                       num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
+                       prefetch: int = 2) -> EvalIterator:
+    """One exact pass over the eval split per iteration (see the module docstring).
+
+    ``resize_size`` defaults to ``floor(image_size / crop_pct)``, where ``crop_pct`` defaults to the
+    dataset's (0.875 -> 256 for 224; 1.0 for digits). Batches: ``{"image", "label", "mask", "index"}``.
+    """
+    num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
+    local_batch = _local_batch_size(sharding, global_batch_size)
+    builder = datasets.prepare(name, data_dir, manual_dir)
+    info = datasets.dataset_info_from_builder(name, builder)
+    if resize_size is None and crop_pct is None:
+        crop_pct = info.crop_pct
+    resize_size = transforms.resize_size_for(image_size, resize_size, crop_pct)
+    reader = _Reader(builder, info, datasets.require_split(info, split, "eval"), cache=cache,
+                     num_threads=num_threads, shuffle_buffer_size=0)
+
+    def transform(image, name):
+        return transforms.eval_transform(image, image_size=image_size, resize_size=resize_size,
+                                         interpolation=interpolation, name=name)
+
+    return EvalIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
+                        transform=transform, image_size=image_size, num_parallel_calls=num_parallel_calls,
+                        prefetch=prefetch)

@@ -1,0 +1,89 @@
+"""Building blocks shared by the model files: PyTorch-equivalent conv, BatchNorm, pooling, head.
+
+Every layer here reproduces PyTorch numerics: explicit symmetric padding (never 'SAME', which pads
+(0, 1) at stride 2 on even sizes), BatchNorm eps 1e-5 with PyTorch momentum 0.1 (Flax 0.9), the
+release's fan-out normal conv init, and PyTorch's default Linear init for the classifier.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from eca_jax.nn.attention import torch_linear_init
+
+# Release init: Conv2d weight ~ N(0, sqrt(2 / (kh * kw * out_channels))) (fan-out; untruncated).
+conv_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+BN_MOMENTUM = 0.9   # == PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def conv2d(features: int, kernel: int, stride: int = 1, groups: int = 1, *, name: str,
+           dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = False) -> nn.Conv:
+    """A bias-free square conv padded like PyTorch's ``padding=kernel // 2`` (symmetric)."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                   feature_group_count=groups, use_bias=use_bias, kernel_init=conv_fan_out_init,
+                   dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
+               zero_init: bool = False) -> nn.BatchNorm:
+    """BatchNorm over the last axis; batch statistics in training, running averages otherwise.
+
+    Under ``jax.jit`` with a batch sharded over a mesh, the statistics are those of the GLOBAL
+    batch (XLA inserts the all-reduce), unlike PyTorch DataParallel's per-GPU statistics.
+    Note: Flax updates ``var`` with the biased batch variance; PyTorch's ``running_var`` uses the
+    unbiased one (factor n / (n - 1)). Outputs in train and eval mode are unaffected.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        dtype=dtype, param_dtype=param_dtype,
+                        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+                        name=name)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """PyTorch MaxPool2d(3, stride=2, padding=1) (padding never wins: it is -inf)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
+    """PyTorch AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on NHWC.
+
+    On odd sizes the last window is partial and averages only the real pixels.
+    """
+    pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)), count_include_pad=False)
+
+
+def classifier(num_classes: int, in_features: int, *, name: str, param_dtype: Any = jnp.float32,
+               kernel_init: Optional[Any] = None, bias_init: Optional[Any] = None) -> nn.Dense:
+    """The final Linear, computed in float32 (logits stay float32 under bf16 compute)."""
+    default = torch_linear_init(in_features)
+    return nn.Dense(num_classes, kernel_init=kernel_init or default, bias_init=bias_init or default,
+                    dtype=jnp.float32, param_dtype=param_dtype, name=name)
+
+
+def check_image_batch(x: jax.Array, in_chans: int, model: str) -> None:
+    """Requires a floating NHWC batch with ``in_chans`` channels; names what is wrong otherwise."""
+    shape = tuple(x.shape)
+    if x.ndim != 4:
+        raise ValueError(f"{model}: expected an NHWC image batch of rank 4 (N, H, W, {in_chans}), "
+                         f"got rank {x.ndim} with shape {shape}")
+    if shape[-1] != in_chans:
+        hint = " (this looks like NCHW: transpose to NHWC with x.transpose(0, 2, 3, 1))" \
+            if shape[1] == in_chans else ""
+        raise ValueError(f"{model}: expected {in_chans} input channels in the last axis (NHWC), "
+                         f"got shape {shape}{hint}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{model}: expected a floating input (normalized float32/bfloat16 images), got "
+                        f"dtype {x.dtype}; convert uint8 images with eca_jax.data.preprocess_for_eval")
+
+
+def global_pool(x: jax.Array) -> jax.Array:
+    """Mean over H and W: (N, H, W, C) -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,137 @@
+"""MobileNetV2 in two layouts: the ECA release's (with ECA in every inverted residual) and torchvision's.
+
+Parameter paths joined with "." are the PyTorch keys: ``features.0.0`` (stem conv),
+``features.N.conv.I`` (block layers), ``features.18.0/.1`` (last 1x1 conv + BN), ``classifier.1``.
+
+The release's rules (ECA.md): ReLU6, channels ``int(c * width_mult)`` with no make_divisible,
+last channel ``int(1280 * max(1, width_mult))``, hidden ``int(round(inp * t))``, Dropout(0.25),
+ECA after the projection BN of all 17 blocks with k = 1 if the setting's unscaled c < 96 else 3.
+torchvision: channels rounded with make_divisible(., 8), Dropout(0.2), no attention.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from eca_jax.models.layers import batch_norm, check_image_batch, classifier, conv2d, global_pool
+from eca_jax.nn.eca import ECA, eca_kernel_size
+
+# (expand ratio t, output channels c, repeats n, first stride s)
+INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+LAYOUTS = ("release", "torchvision")
+# Block index after which each C2..C5 feature map is taken (strides 4, 8, 16, 32); 18 = last conv.
+FEATURE_INDICES = {3: "C2", 6: "C3", 13: "C4", 18: "C5"}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's channel rounding: nearest multiple of divisor, never below 90% of value."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def release_k(unscaled_channels: int) -> int:
+    """The release's ECA k for a MobileNetV2 block: 1 below 96 channels, else 3."""
+    return 1 if unscaled_channels < 96 else 3
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1x1, unless t == 1) -> depthwise 3x3 -> project (1x1) -> BN [-> ECA] [+ x].
+
+    Keys: t != 1: conv.0 (pw ConvBNReLU6), conv.1 (dw ConvBNReLU6), conv.2 (pw-linear), conv.3 (BN),
+    conv.4 (ECA); t == 1: conv.0 (dw), conv.1 (pw-linear), conv.2 (BN), conv.3 (ECA).
+    """
+    out_channels: int
+    hidden: int
+    stride: int
+    expand: bool
+    eca_k: Optional[int] = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        index, y = 0, x
+        if self.expand:
+            y = nn.relu6(norm(name="conv.0.1")(conv(self.hidden, 1, name="conv.0.0")(y)))
+            index = 1
+        y = nn.relu6(norm(name=f"conv.{index}.1")(
+            conv(self.hidden, 3, self.stride, groups=self.hidden, name=f"conv.{index}.0")(y)))
+        y = norm(name=f"conv.{index + 2}")(conv(self.out_channels, 1, name=f"conv.{index + 1}")(y))
+        if self.eca_k is not None:
+            y = ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype)(y)
+        if self.stride == 1 and x.shape[-1] == self.out_channels:
+            y = x + y
+        return y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (NHWC).
+
+    Attributes:
+      layout: "release" (ECA release's channel rules, Dropout 0.25) or "torchvision".
+      attn: "eca" or None. k_size: None = the release's rule, an odd int for every block, or
+        "adaptive" (Eq. 12 on each block's output channels).
+    Call: ``apply(variables, x, train=False, return_features=False)``; in training, Dropout needs
+    ``rngs={"dropout": key}``. Returns float32 logits or {"C2".."C5"} (strides 4, 8, 16, 32).
+    """
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    layout: str = "release"
+    attn: Optional[str] = None
+    k_size: Union[None, int, str] = None
+    dropout: Optional[float] = None
+    in_chans: int = 3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def _channels(self, c: float) -> int:
+        return int(c * self.width_mult) if self.layout == "release" else make_divisible(c * self.width_mult)
+
+    def _block_k(self, unscaled: int, out_channels: int) -> Optional[int]:
+        if self.attn is None:
+            return None
+        if self.attn != "eca":
+            raise ValueError(f"MobileNetV2 supports attn='eca' or None, got {self.attn!r}")
+        if self.k_size is None:
+            return release_k(unscaled)
+        if self.k_size == "adaptive":
+            return eca_kernel_size(out_channels)
+        return self.k_size
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"MobileNetV2 layout must be one of {LAYOUTS}, got {self.layout!r}")
+        check_image_batch(x, self.in_chans, type(self).__name__)
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        in_channels = self._channels(32)
+        x = nn.relu6(norm(name="features.0.1")(conv(in_channels, 3, 2, name="features.0.0")(x.astype(self.dtype))))
+        features, index = {}, 1
+        for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
+            out_channels = self._channels(c)
+            for repeat in range(n):
+                x = InvertedResidual(out_channels, int(round(in_channels * t)), s if repeat == 0 else 1,
+                                     expand=t != 1, eca_k=self._block_k(c, out_channels), dtype=self.dtype,
+                                     param_dtype=self.param_dtype, name=f"features.{index}")(x, train)
+                if index in FEATURE_INDICES:
+                    features[FEATURE_INDICES[index]] = x
+                in_channels, index = out_channels, index + 1
+        last = int(1280 * max(1.0, self.width_mult)) if self.layout == "release" \
+            else make_divisible(1280 * max(1.0, self.width_mult))
+        x = nn.relu6(norm(name=f"features.{index}.1")(conv(last, 1, name=f"features.{index}.0")(x)))
+        features[FEATURE_INDICES[index]] = x
+        if return_features:
+            return features
+        rate = self.dropout if self.dropout is not None else (0.25 if self.layout == "release" else 0.2)
+        y = nn.Dropout(rate, deterministic=not train)(global_pool(x).astype(jnp.float32))
+        # Both layouts initialise the classifier N(0, 0.01) with zero bias.
+        return classifier(self.num_classes, last, name="classifier.1", param_dtype=self.param_dtype,
+                          kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(y)

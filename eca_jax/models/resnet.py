@@ -1,0 +1,176 @@
+"""ResNets with channel attention: the ECA release, torchvision baselines, SE-ResNet, timm's ResNet-D.
+
+One ``ResNet`` module covers all of them (NHWC). Parameter paths joined with "." are the PyTorch
+state-dict module paths of the corresponding layout, e.g. ``layer1.0.conv1`` / ``layer1.0.eca.conv``
+(release) or ``layer1.0.se.conv`` and ``conv1.0`` (timm's deep stem), so converting checkpoints is
+a matter of renaming leaves (kernel <-> weight) and transposing kernels.
+
+Where attention sits (release and timm): after the last BatchNorm of the residual branch, before
+the residual add and the final ReLU; stride on the 3x3 conv.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
+                                   global_pool, max_pool_3x3_s2)
+from eca_jax.nn.attention import make_attention
+from eca_jax.nn.checks import check_odd_kernel
+
+KSize = Union[None, int, str, Sequence[Optional[int]]]
+ECA_LIKE = ("eca", "ceca", "eca_ns")
+EXPANSION = {"basic": 1, "bottleneck": 4}
+STEMS = ("conv7", "deep", "deep_tiered", "conv3")
+
+
+def resolve_stage_k(k_size: KSize, num_stages: int) -> tuple[Optional[int], ...]:
+    """Per-stage ECA kernel sizes: a list (one per stage), one int for all, or None/"adaptive"
+    (None entries: derive k from each block's channel count)."""
+    if k_size is None or k_size == "adaptive":
+        return (None,) * num_stages
+    if isinstance(k_size, str):
+        raise ValueError(f"k_size must be an odd int, a list of {num_stages} odd ints or 'adaptive'; got {k_size!r}")
+    if isinstance(k_size, int):
+        k_size = (k_size,) * num_stages
+    k_size = tuple(k_size)
+    if len(k_size) != num_stages:
+        raise ValueError(f"k_size lists one kernel size per stage: expected {num_stages} values, got {k_size}")
+    for k in k_size:
+        if k is not None:
+            check_odd_kernel(k)
+    return k_size
+
+
+class ResidualBlock(nn.Module):
+    """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block with optional attention.
+
+    Shortcut: ``"conv"`` = 1x1 strided conv + BN (``downsample.0/.1``), ``"avg"`` = ResNet-D's
+    2x2 ceil-mode average pool (when strided) + 1x1 conv + BN (``downsample.1/.2``), None = identity.
+    """
+    kind: str
+    planes: int
+    stride: int = 1
+    shortcut: Optional[str] = None
+    attn: Optional[str] = None
+    attn_name: str = "eca"
+    attn_kwargs: Mapping[str, Any] = None
+    zero_init_last_bn: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        out_channels = self.planes * EXPANSION[self.kind]
+        if self.kind == "bottleneck":
+            y = nn.relu(norm(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
+            y = nn.relu(norm(name="bn2")(conv(self.planes, 3, self.stride, name="conv2")(y)))
+            y = norm(name="bn3", zero_init=self.zero_init_last_bn)(conv(out_channels, 1, name="conv3")(y))
+        else:
+            y = nn.relu(norm(name="bn1")(conv(self.planes, 3, self.stride, name="conv1")(x)))
+            y = norm(name="bn2", zero_init=self.zero_init_last_bn)(conv(out_channels, 3, name="conv2")(y))
+        if self.attn is not None:
+            y = make_attention(self.attn, name=self.attn_name, dtype=self.dtype, param_dtype=self.param_dtype,
+                               **(self.attn_kwargs or {}))(y)
+        residual = x
+        if self.shortcut == "conv":
+            residual = norm(name="downsample.1")(conv(out_channels, 1, self.stride, name="downsample.0")(x))
+        elif self.shortcut == "avg":
+            pooled = avg_pool_2x2_ceil(x) if self.stride > 1 else x
+            residual = norm(name="downsample.2")(conv(out_channels, 1, name="downsample.1")(pooled))
+        return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+    """A ResNet (NHWC) with optional channel attention in every block.
+
+    Attributes:
+      block: "basic" or "bottleneck".
+      layers: blocks per stage, e.g. (3, 4, 6, 3).
+      widths: planes per stage (output channels = planes * 4 for bottlenecks).
+      stem: "conv7" (7x7/2 + max pool), "deep" / "deep_tiered" (three 3x3 convs + max pool, ResNet-D),
+        "conv3" (3x3/1, no pool: small 32x32 inputs).
+      stem_width: width of the 7x7 / 3x3 stem (deep stems end at 2 * stem_width channels).
+      avg_down: ResNet-D shortcut (avg pool + 1x1 conv) instead of a strided 1x1 conv.
+      attn: a name of :func:`eca_jax.nn.make_attention` or None; attn_name: its parameter scope
+        ("eca" in the release, "se" in timm and SE-ResNets).
+      k_size: ECA kernel sizes, per stage (list), for all stages (int) or "adaptive"/None.
+      attn_kwargs: extra layer arguments (e.g. min_size=3 for timm's rule, reduction for SE).
+    Call: ``apply(variables, x, train=False, return_features=False)``; x is (N, H, W, in_chans)
+    float; returns float32 logits (N, num_classes) or a dict {"C2": ..., "C5": ...} of stage outputs
+    (strides 4, 8, 16, 32 with the 224 stems).
+    """
+    block: str
+    layers: Sequence[int]
+    num_classes: int = 1000
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem: str = "conv7"
+    stem_width: int = 64
+    avg_down: bool = False
+    attn: Optional[str] = None
+    attn_name: str = "eca"
+    k_size: KSize = None
+    attn_kwargs: Mapping[str, Any] = None
+    zero_init_last_bn: bool = False
+    in_chans: int = 3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def _check_config(self) -> None:
+        if self.block not in EXPANSION:
+            raise ValueError(f"ResNet block must be one of {sorted(EXPANSION)}, got {self.block!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"ResNet stem must be one of {STEMS}, got {self.stem!r}")
+        if len(self.layers) != len(self.widths):
+            raise ValueError(f"layers {tuple(self.layers)} and widths {tuple(self.widths)} differ in length")
+
+    def _stem(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.stem == "conv7":
+            return max_pool_3x3_s2(nn.relu(norm(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x))))
+        if self.stem == "conv3":
+            return nn.relu(norm(name="bn1")(conv(self.stem_width, 3, 1, name="conv1")(x)))
+        first = 3 * self.stem_width // 4 if self.stem == "deep_tiered" else self.stem_width
+        x = nn.relu(norm(name="conv1.1")(conv(first, 3, 2, name="conv1.0")(x)))
+        x = nn.relu(norm(name="conv1.4")(conv(self.stem_width, 3, 1, name="conv1.3")(x)))
+        x = nn.relu(norm(name="bn1")(conv(2 * self.stem_width, 3, 1, name="conv1.6")(x)))
+        return max_pool_3x3_s2(x)
+
+    def _stage_attn_kwargs(self, k: Optional[int]) -> dict:
+        kwargs = dict(self.attn_kwargs or {})
+        if self.attn in ECA_LIKE:
+            kwargs["k_size"] = k
+        return kwargs
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+        self._check_config()
+        check_image_batch(x, self.in_chans, type(self).__name__)
+        stage_k = resolve_stage_k(self.k_size, len(self.layers))
+        x = self._stem(x.astype(self.dtype), train)
+        in_channels = self.stem_width * (2 if self.stem.startswith("deep") else 1)
+        features = {}
+        for stage, (num_blocks, planes) in enumerate(zip(self.layers, self.widths)):
+            out_channels = planes * EXPANSION[self.block]
+            for index in range(num_blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                needs_shortcut = stride != 1 or in_channels != out_channels
+                x = ResidualBlock(
+                    self.block, planes, stride,
+                    shortcut=("avg" if self.avg_down else "conv") if needs_shortcut else None,
+                    attn=self.attn, attn_name=self.attn_name, attn_kwargs=self._stage_attn_kwargs(stage_k[stage]),
+                    zero_init_last_bn=self.zero_init_last_bn, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"layer{stage + 1}.{index}")(x, train)
+                in_channels = out_channels
+            features[f"C{stage + 2}"] = x
+        if return_features:
+            return features
+        return classifier(self.num_classes, in_channels, name="fc", param_dtype=self.param_dtype)(
+            global_pool(x).astype(jnp.float32))

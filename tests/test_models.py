@@ -1,0 +1,199 @@
+"""The model zoo: exact parameter counts, every model jits at 224 and 193 in fp32/bf16, features, errors."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from eca_jax.models import create_model, get_model_cfg, list_models, summarize
+
+# Exact counts: ECA.md's table (release, torchvision baselines, ecaresnet50d) and timm's modules
+# for the rest of the ResNet-D family (ECA.md rounds them to 16.01M, 25.57M, 30.16M, 44.57M, 102.09M).
+EXACT = {
+    "eca_resnet18": (11_689_556, 44), "eca_resnet34": (21_797_744, 72), "eca_resnet50": (25_557_112, 80),
+    "eca_resnet101": (44_549_317, 157), "eca_resnet152": (60_193_042, 234),
+    "eca_mobilenet_v2": (3_504_903, 31), "mobilenet_v2": (3_504_872, 0),
+    "resnet18": (11_689_512, 0), "resnet34": (21_797_672, 0), "resnet50": (25_557_032, 0),
+    "resnet101": (44_549_160, 0), "resnet152": (60_192_808, 0),
+    "ecaresnet50d": (25_576_350, 86), "ecaresnet26t": (16_011_916, 44), "ecaresnet50t": (25_573_814, 86),
+    "ecaresnetlight": (30_162_046, 86), "ecaresnet101d": (44_568_563, 171), "ecaresnet269d": (102_093_077, 461),
+    "se_resnet50": (28_088_024, 28_088_024 - 25_557_032),
+    "eca_resnet8_cifar": (142_401, 9), "resnet8_cifar": (142_392, 0),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Compile without XLA's heavy optimizations: these tests check shapes and finiteness, not speed."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_every_registered_model_has_an_exact_count():
+    assert sorted(EXACT) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_exact_parameter_counts(name):
+    summary = summarize(create_model(name), 224, name)
+    assert (summary.params, summary.attention_params) == EXACT[name]
+
+
+def test_eca_adds_only_its_kernels():
+    for depth in (18, 34, 50, 101, 152):
+        eca, plain = EXACT[f"eca_resnet{depth}"], EXACT[f"resnet{depth}"]
+        assert eca[0] - plain[0] == eca[1]
+
+
+def test_macs_resnet50_and_eca_overhead():
+    plain = summarize(create_model("resnet50"))
+    eca = summarize(create_model("eca_resnet50"))
+    assert plain.macs == 4_089_184_256               # conv + fc MACs of ResNet-50 at 224
+    # ECA adds sum over blocks of C*k: 3*256*3 + 4*512*5 + 6*1024*5 + 3*2048*7
+    assert eca.macs - plain.macs == 3 * 256 * 3 + 4 * 512 * 5 + 6 * 1024 * 5 + 3 * 2048 * 7
+
+
+def _random_variables(model, seed=0):
+    """Random parameters and non-trivial BN statistics with the model's shapes (no init compile)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)), train=False))
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(shapes)
+    out = {}
+    for path, s in flat.items():
+        if path[-1] == "var":
+            out[path] = rng.uniform(0.5, 2.0, s.shape)
+        elif path[-1] == "mean":
+            out[path] = rng.normal(0, 0.2, s.shape)
+        elif path[-1] == "scale":
+            out[path] = rng.uniform(0.5, 1.0, s.shape)
+        elif path[-1] == "kernel":
+            fan_in = int(np.prod(s.shape[:-1])) or 1
+            out[path] = rng.normal(0, np.sqrt(1.0 / fan_in), s.shape)
+        else:
+            out[path] = rng.normal(0, 0.1, s.shape)
+    return traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in out.items()})
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_every_model_jits_at_224_and_193_in_fp32_and_bf16(name):
+    variables = _random_variables(create_model(name))
+    x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = create_model(name, dtype=dtype)
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        for size in (224, 193):
+            logits = forward(variables, x[:, :size, :size])
+            assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
+            assert bool(jnp.isfinite(logits).all()), (name, dtype, size)
+
+
+@pytest.mark.parametrize("name,channels", [
+    ("eca_resnet50", (256, 512, 1024, 2048)), ("eca_resnet18", (64, 128, 256, 512)),
+    ("ecaresnet26t", (256, 512, 1024, 2048)), ("eca_mobilenet_v2", (24, 32, 96, 1280))])
+def test_feature_maps(name, channels):
+    model = create_model(name)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)), train=False))
+    for size in (224, 193):
+        feats = jax.eval_shape(lambda v: model.apply(v, jnp.ones((2, size, size, 3)), return_features=True), shapes)
+        assert list(feats) == ["C2", "C3", "C4", "C5"]
+        for (level, f), c, stride in zip(feats.items(), channels, (4, 8, 16, 32)):
+            expected = -(-size // stride)     # ceil: every strided layer pads symmetrically
+            assert f.shape == (2, expected, expected, c), (level, f.shape)
+
+
+def test_train_mode_updates_batch_stats_and_eval_uses_them():
+    model = create_model("eca_resnet8_cifar", num_classes=10)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3)) + 0.5
+    variables = model.init(jax.random.key(1), x, train=False)
+    _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["bn1"]["mean"]
+    after = updated["batch_stats"]["bn1"]["mean"]
+    assert float(jnp.abs(after - before).max()) > 1e-4
+
+
+def test_release_k_defaults_and_overrides():
+    def ks(model):
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3))))
+        flat = traverse_util.flatten_dict(shapes["params"])
+        natural = sorted(flat, key=lambda path: [int(t) if t.isdigit() else t for p in path for t in p.split(".")])
+        return [flat[p].shape[0] for p in natural if p[-2:] == ("conv", "kernel") and flat[p].ndim == 3]
+    k50 = ks(create_model("eca_resnet50"))
+    assert k50 == [3] * 3 + [5] * 4 + [5] * 6 + [7] * 3
+    assert set(ks(create_model("eca_resnet50", k_size=9))) == {9}
+    assert ks(create_model("eca_resnet50", k_size="adaptive")) == [5] * 3 + [5] * 4 + [5] * 6 + [7] * 3
+    assert ks(create_model("eca_resnet18", k_size="adaptive")) == [3] * 2 + [5] * 2 + [5] * 2 + [5] * 2
+    assert ks(create_model("eca_mobilenet_v2")) == [1] * 10 + [3] * 7
+    assert get_model_cfg("eca_resnet50").eca_k == (3, 5, 5, 7)
+
+
+def test_release_init_is_fan_out_normal():
+    model = create_model("resnet50")
+    variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)
+    kernel = np.asarray(variables["params"]["layer3.0"]["conv2"]["kernel"])      # 3x3, 256 -> 256
+    assert abs(kernel.std() / np.sqrt(2 / (3 * 3 * 256)) - 1) < 0.02
+    assert np.all(np.asarray(variables["params"]["bn1"]["scale"]) == 1)
+
+
+def test_width_multiplier_follows_the_release_rules():
+    model = create_model("eca_mobilenet_v2", width_mult=0.5)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+    params = shapes["params"]
+    assert params["features.0.0"]["kernel"].shape == (3, 3, 3, 16)            # int(32 * 0.5)
+    assert params["features.2"]["conv.2"]["kernel"].shape == (1, 1, 48, 12)   # int(24 * 0.5), hidden 8*6
+    assert params["features.18.0"]["kernel"].shape == (1, 1, 160, 1280)       # last = 1280 * max(1, wm)
+
+
+def test_unknown_model_lists_close_names():
+    with pytest.raises(ValueError, match="eca_resnet50"):
+        create_model("eca_resnet5O")
+
+
+def test_unknown_argument_lists_valid_ones():
+    with pytest.raises(ValueError, match="k_size"):
+        create_model("eca_resnet50", ksize=3)
+
+
+@pytest.mark.parametrize("k", [4, 0, [3, 5, 5]])
+def test_bad_k_size(k):
+    model = create_model("eca_resnet18", k_size=k)
+    with pytest.raises(ValueError, match="k_size"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+
+
+@pytest.mark.parametrize("x,error,match", [
+    (jnp.ones((2, 3, 32, 32)), ValueError, "NCHW"),
+    (jnp.ones((32, 32, 3)), ValueError, "rank 4"),
+    (jnp.ones((2, 32, 32, 1)), ValueError, "3 input channels"),
+    (jnp.ones((2, 32, 32, 3), jnp.uint8), TypeError, "floating"),
+])
+def test_bad_inputs(x, error, match):
+    for name in ("eca_resnet18", "eca_mobilenet_v2"):
+        model = create_model(name)
+        with pytest.raises(error, match=match):
+            jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+
+
+def test_unknown_attention_in_model():
+    model = create_model("resnet18", attn="eca_typo")
+    with pytest.raises(ValueError, match="Unknown attention"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+
+
+@pytest.mark.parametrize("attn", ["se", "se_var1", "se_var2", "se_var3", "se_gc", "eca_ns", "eca", "ceca"])
+def test_ablation_swaps_one_string(attn):
+    model = create_model("resnet18", attn=attn, num_classes=10)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.ones((1, 32, 32, 3)))[0])
+    assert out.shape == (1, 10)
+
+
+def test_summary_cli():
+    out = subprocess.run([sys.executable, "-m", "eca_jax.models", "eca_resnet50"], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert "25,557,112" in out and "24.37 M base-1024" in out and "attention params  80" in out
+    listing = subprocess.run([sys.executable, "-m", "eca_jax.models", "--list"], capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+    assert "ecaresnet269d" in listing and "102,093,077" in listing

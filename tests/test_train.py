@@ -1,0 +1,421 @@
+"""Tests of eca_jax.train: sharding equivalences, multi-process, preemption, the release's SGD,
+learning on digits, and bad input. CPU, 8 fake devices (conftest), tiny models and images.
+
+Runs that need their own process (2 processes, kills) go through tests/train_worker.py on the
+synthetic data of tests/train_helpers.py; all of them are compared with one uninterrupted
+in-process reference run (fixture ``reference``).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import linen as nn
+from flax import traverse_util
+
+import eca_jax.nn as enn
+from eca_jax.models.layers import batch_norm, classifier, conv2d
+from eca_jax.train import checkpoint as ckpt_lib
+from eca_jax.train import init_from as init_lib
+from eca_jax.train import sharding as shd
+from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
+from eca_jax.train.config import (check_override_flags, make_config, to_steps,
+                                  validate_config)
+from eca_jax.train.loop import build_model, train_and_evaluate
+from eca_jax.train.optim import make_optimizer
+from eca_jax.train.state import init_state, make_init_fn
+from eca_jax.train.step import make_train_step
+from train_helpers import SyntheticData, _examples, tiny_config
+from train_worker import install_save_fault
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "train_worker.py")
+# The run every other run is compared with: 8 steps, checkpoints at 4 and 8.
+RUN = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=4, log_every_steps=1)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def rel_err(a, b) -> float:
+    """max over leaves of ||a - b|| / ||b|| (trees of the same structure)."""
+    errs = jax.tree.map(lambda x, y: float(np.linalg.norm(np.asarray(x, np.float64) - y) /
+                                           max(np.linalg.norm(np.asarray(y, np.float64)), 1e-12)),
+                        a, b)
+    return max(jax.tree.leaves(errs))
+
+
+def final_variables(workdir):
+    step_dir = ckpt_lib.resolve_step_dir(workdir)
+    return int(step_dir.name), ckpt_lib.load_variables(step_dir)
+
+
+def worker_env():
+    env = dict(os.environ)
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = str(bool(jax.config.read("jax_disable_most_optimizations")))
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"),
+                                         env.get("PYTHONPATH", "")])
+    return env
+
+
+def start_worker(workdir, config=None, *extra, devices=8, stdout=subprocess.PIPE):
+    cmd = [sys.executable, WORKER, "--workdir", str(workdir), "--config",
+           json.dumps({**RUN, **(config or {})}), "--devices", str(devices), *map(str, extra)]
+    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            env=worker_env(), cwd=ROOT)
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_for(predicate, timeout=180.0, proc=None, what=""):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"worker exited early ({what}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 8-step run on 8 devices: (workdir, result, final variables)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = train_and_evaluate(tiny_config(**RUN), str(workdir), data_module=SyntheticData())
+    step, variables = final_variables(workdir)
+    assert step == 8 and not result["preempted"]
+    return workdir, result, variables
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_config_typos_and_values():
+    with pytest.raises(KeyError, match=r"'bacth_size'.*Did you mean 'batch_size'.*Valid keys:"):
+        make_config(bacth_size=3)
+    with pytest.raises(KeyError, match=r"mesh.fsdpp.*mesh.fsdp"):
+        make_config(mesh=dict(fsdpp=2))
+    with pytest.raises(KeyError, match="Did you mean 'learning_rate'"):
+        check_override_flags(["--config.learning_rat=0.1"])
+    check_override_flags(["--config.mesh.fsdp=2", "--config.model_kwargs.anything=1", "--x=1"])
+    config = make_config(total_steps=1)
+    with pytest.raises(AttributeError, match="batch_size"):  # locked: new keys are refused
+        config.bacth_size = 3
+    for bad, match in [(dict(total_steps=1, total_epochs=1.0), "only one of"),
+                       (dict(), "total_steps or config.total_epochs"),
+                       (dict(total_steps=1, dtype="float16"), "dtype"),
+                       (dict(total_steps=1, batch_size=10, grad_accum_steps=3), "divisible"),
+                       (dict(total_steps=1, mesh=dict(data=0)), "mesh.data")]:
+        with pytest.raises(ValueError, match=match):
+            validate_config(make_config(**bad))
+    config = make_config(total_epochs=2.5, warmup_epochs=0.5)
+    assert to_steps(config, "total", 10) == 25 and to_steps(config, "warmup", 10) == 5
+    assert to_steps(config, "eval_every", 10, default=10) == 10
+
+
+def test_cli_rejects_typos(tmp_path):
+    bad_file = tmp_path / "bad_config.py"
+    bad_file.write_text("from eca_jax.train.config import make_config\n"
+                        "def get_config(arg=None):\n  return make_config(total_stpes=3)\n")
+    for args in (["--config", "experiments/configs/smoke.py", "--config.bacth_size=3"],
+                 ["--config", str(bad_file)]):
+        proc = subprocess.run([sys.executable, "-m", "eca_jax.train", "--workdir",
+                               str(tmp_path / "w"), *args], capture_output=True, text=True,
+                              cwd=ROOT, env=worker_env(), timeout=120)
+        assert proc.returncode != 0
+        assert "Did you mean" in proc.stderr and "Valid keys" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------------- sharding
+
+def _three_steps(mesh, fsdp_min_size=2 ** 30):
+    """params/batch_stats after 3 SGD steps of a tiny ECA-ResNet on ``mesh``."""
+    config = tiny_config(model_kwargs=dict(widths=(8, 8, 16), stem_width=8))
+    model = build_model(config, 4)
+    tx, _ = make_optimizer(config, steps_per_epoch=16, total_steps=3)
+    init_fn = make_init_fn(model, tx, (1, 8, 8, 3))
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    shardings = shd.tree_shardings(abstract, mesh, fsdp_min_size)
+    state = init_state(init_fn, jax.random.PRNGKey(0), shardings)
+    batch_sh = shd.batch_sharding(mesh)
+    step = jax.jit(make_train_step(model.apply, tx, 0.1, 1), in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, shd.replicated(mesh)))
+    for i in range(3):
+        images, labels = _examples(np.arange(16 * i, 16 * (i + 1)), 8, 1)
+        state, _ = step(state, {"image": jax.device_put(images, batch_sh),
+                                "label": jax.device_put(labels, batch_sh)})
+    return state, shardings
+
+
+def test_eight_devices_and_fsdp_equal_one_device():
+    single, _ = _three_steps(shd.make_mesh(1, 1))
+    data8, _ = _three_steps(shd.make_mesh(-1, 1))
+    fsdp, shardings = _three_steps(shd.make_mesh(2, 4), fsdp_min_size=64)
+    specs = [s.spec for s in jax.tree.leaves(shardings.params)]
+    opt_specs = [s.spec for s in jax.tree.leaves(shardings.opt_state)]
+    assert any("fsdp" in tuple(s) for s in specs) and any("fsdp" in tuple(s) for s in opt_specs)
+    assert any(tuple(s) == () for s in specs)  # small params stay replicated
+    fsdp_leaf = next(p for p, s in zip(jax.tree.leaves(fsdp.params), specs) if "fsdp" in tuple(s))
+    assert len({sh.data.shape for sh in fsdp_leaf.addressable_shards}) == 1
+    assert fsdp_leaf.addressable_shards[0].data.size * 4 == fsdp_leaf.size  # really sharded
+    ref = jax.device_get(single.variables)
+    init = make_init_fn(build_model(tiny_config(model_kwargs=dict(widths=(8, 8, 16), stem_width=8)),
+                                    4), make_optimizer(tiny_config(), 16, 3)[0], (1, 8, 8, 3))
+    fresh = jax.device_get(init_state(init, jax.random.PRNGKey(0), None).variables)
+    assert rel_err(fresh["batch_stats"], ref["batch_stats"]) > 1e-3  # BN stats really moved
+    assert rel_err(fresh["params"], ref["params"]) > 1e-3
+    assert rel_err(jax.device_get(data8.variables), ref) < 1e-5
+    assert rel_err(jax.device_get(fsdp.variables), jax.device_get(data8.variables)) < 1e-5
+
+
+def test_batch_size_must_divide_over_the_mesh(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the 8 devices"):
+        train_and_evaluate(tiny_config(batch_size=12), str(tmp_path), data_module=SyntheticData())
+    with pytest.raises(ValueError, match=r"grad_accum_steps"):
+        train_and_evaluate(tiny_config(batch_size=16, grad_accum_steps=4), str(tmp_path),
+                           data_module=SyntheticData())
+
+
+# ----------------------------------------------------------------------------- multi-process
+
+def test_two_processes_equal_one(reference, tmp_path):
+    _, ref_result, ref_vars = reference
+    port = free_port()
+    procs = [start_worker(tmp_path, None, "--coordinator", f"127.0.0.1:{port}",
+                          "--num_processes", 2, "--process_id", i, devices=4) for i in range(2)]
+    outs = [finish(p) for p in procs]
+    for rc, out, err in outs:
+        assert rc == 0, err[-3000:]
+    step, variables = final_variables(tmp_path)
+    assert step == 8
+    assert rel_err(variables, ref_vars) < 1e-5
+    result = last_json(outs[0][1])
+    assert result["num_examples"] == ref_result["num_examples"] == 40
+    assert abs(result["eval_top1"] - ref_result["eval_top1"]) < 1e-6
+    assert os.path.exists(tmp_path / "metrics.csv") and os.path.exists(tmp_path / "curves.png")
+
+
+# ----------------------------------------------------------------------------- preemption
+
+def test_sigterm_saves_and_resume_is_exact(reference, tmp_path):
+    _, _, ref_vars = reference
+    progress = tmp_path / "progress.txt"
+    proc = start_worker(tmp_path / "w", None, "--step_delay", 0.4, "--progress_file", progress)
+    wait_for(lambda: progress.exists() and "batches=3" in progress.read_text(), proc=proc,
+             what="step 3")
+    proc.send_signal(signal.SIGTERM)
+    rc, out, err = finish(proc)
+    assert rc == 0, err[-3000:]
+    result = last_json(out)
+    assert result["preempted"] and 3 <= result["step"] < 8
+    assert ckpt_lib.resolve_step_dir(tmp_path / "w").name == str(result["step"])  # saved on TERM
+    rc, out, err = finish(start_worker(tmp_path / "w"))
+    assert rc == 0, err[-3000:]
+    assert last_json(out)["step"] == 8
+    step, variables = final_variables(tmp_path / "w")
+    assert step == 8 and rel_err(variables, ref_vars) < 1e-6
+    rows = [r.split(",")[0] for r in (tmp_path / "w" / "metrics.csv").read_text().splitlines()[1:]]
+    assert rows.count("8") == 2 and rows.count(str(result["step"])) == 1  # no repeated steps
+
+
+def test_sigkill_during_async_save_never_leaves_a_usable_partial(reference, tmp_path):
+    _, _, ref_vars = reference
+    marker = tmp_path / "saving.txt"
+    proc = start_worker(tmp_path / "w", None, "--fault", "hang", "--fault_at_save", 2,
+                        "--fault_marker", marker)
+    wait_for(marker.exists, proc=proc, what="the second async save")
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+    ckpt_dir = tmp_path / "w" / ckpt_lib.CHECKPOINT_DIRNAME
+    names = sorted(os.listdir(ckpt_dir))
+    assert any("tmp" in n for n in names), names  # the killed save is left half-written ...
+    assert ckpt_lib.resolve_step_dir(tmp_path / "w").name == "4"  # ... and never picked up
+    rc, out, err = finish(start_worker(tmp_path / "w"))
+    assert rc == 0, err[-3000:]
+    assert "Resumed from" in out and f"{os.sep}4 " in out
+    step, variables = final_variables(tmp_path / "w")
+    assert step == 8 and rel_err(variables, ref_vars) < 1e-6
+    assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]  # cleaned up by the rerun
+
+
+def test_out_of_disk_keeps_previous_checkpoint_and_resumes_on_another_mesh(
+        reference, tmp_path, monkeypatch):
+    _, _, ref_vars = reference
+    workdir = str(tmp_path / "w")
+    with monkeypatch.context() as m:
+        import orbax.checkpoint as ocp
+        m.setattr(ocp.handlers.StandardCheckpointHandler, "async_save",
+                  ocp.handlers.StandardCheckpointHandler.async_save)  # restored on exit
+        install_save_fault("enospc", 2, None)
+        with pytest.raises(CheckpointSaveError, match=r"No space left.*step 4\) is intact"):
+            train_and_evaluate(tiny_config(**RUN), workdir, data_module=SyntheticData())
+    step_dir = ckpt_lib.resolve_step_dir(workdir)
+    assert step_dir.name == "4"
+    assert ckpt_lib.load_variables(step_dir)["params"]  # still readable
+    # Resume on 4 devices as data 2 x fsdp 2 (another device count and mesh shape).
+    result = train_and_evaluate(tiny_config(**RUN, mesh=dict(data=2, fsdp=2), fsdp_min_size=64),
+                                workdir, data_module=SyntheticData())
+    assert result["step"] == 8
+    step, variables = final_variables(workdir)
+    assert step == 8 and rel_err(variables, ref_vars) < 1e-5
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_workdir_of_another_model_is_refused(reference):
+    workdir, _, _ = reference
+    for overrides, match in [(dict(model="resnet8_cifar"), r"'eca_resnet8_cifar'.*'resnet8_cifar'"),
+                             (dict(num_classes=3), r"num_classes=4.*num_classes=3")]:
+        with pytest.raises(CheckpointMismatchError, match=match):
+            train_and_evaluate(tiny_config(**RUN, **overrides), str(workdir),
+                               data_module=SyntheticData())
+
+
+def test_init_from_mismatch_and_head_reset(reference, tmp_path):
+    ref_dir, _, ref_vars = reference
+    with pytest.raises(CheckpointMismatchError, match="holds model 'eca_resnet8_cifar'"):
+        train_and_evaluate(tiny_config(**RUN, model="resnet8_cifar", init_from=str(ref_dir)),
+                           str(tmp_path / "a"), data_module=SyntheticData())
+    wrong_arch = ckpt_lib.load_variables(ckpt_lib.resolve_step_dir(ref_dir))
+    with pytest.raises(CheckpointMismatchError, match="differ outside the classifier"):
+        flat = traverse_util.flatten_dict(wrong_arch["params"], sep="/")
+        key = next(k for k in flat if k.endswith("conv1/kernel"))
+        flat[key] = np.zeros(flat[key].shape[:-1] + (flat[key].shape[-1] + 1,), np.float32)
+        init_lib.merge(ref_vars, {"params": traverse_util.unflatten_dict(flat, sep="/"),
+                                  "batch_stats": ref_vars["batch_stats"]},
+                       set(), False, "x", "eca_resnet8_cifar")
+    # Same architecture, 3 classes instead of 4: an error unless the head may be reset.
+    config = tiny_config(num_classes=3)
+    model = build_model(config, 3)
+    state = init_state(make_init_fn(model, make_optimizer(config, 16, 8)[0], (1, 8, 8, 3)),
+                       jax.random.PRNGKey(1), None)
+    shapes = lambda n: jax.eval_shape(  # noqa: E731
+        lambda: build_model(config, n).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
+    kwargs = dict(model_name=config.model, num_classes=3, make_shapes=shapes, log=lambda s: None)
+    with pytest.raises(CheckpointMismatchError, match="init_from_reset_head=True"):
+        init_lib.apply(state, str(ref_dir), reset_head=False, **kwargs)
+    new = jax.device_get(init_lib.apply(state, str(ref_dir), reset_head=True, **kwargs).variables)
+    assert np.array_equal(new["params"]["fc"]["kernel"], jax.device_get(state.params["fc"]["kernel"]))
+    new["params"].pop("fc")
+    body = {"params": {k: v for k, v in ref_vars["params"].items() if k != "fc"},
+            "batch_stats": ref_vars["batch_stats"]}
+    assert rel_err(new, body) == 0.0
+
+
+# ----------------------------------------------------------------------------- the release's SGD
+
+class _TinyFlax(nn.Module):
+    """conv3x3 - BN - ReLU - ECA(k=3) - mean - fc, built from the library's layers."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(batch_norm(train, name="bn1")(conv2d(6, 3, name="conv1")(x)))
+        x = enn.ECA(k_size=3, name="eca")(x)
+        return classifier(5, 6, name="fc")(x.mean(axis=(1, 2)))
+
+
+class _TinyTorch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(6)
+        self.eca = torch.nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.fc = torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        gate = torch.sigmoid(self.eca(x.mean(dim=(2, 3)).unsqueeze(1))).squeeze(1)
+        return self.fc((x * gate[:, :, None, None]).mean(dim=(2, 3)))
+
+
+def _torch_to_flax(m: _TinyTorch):
+    t = lambda p: p.detach().numpy().copy()  # noqa: E731
+    return {"conv1": {"kernel": t(m.conv1.weight).transpose(2, 3, 1, 0)},
+            "bn1": {"scale": t(m.bn1.weight), "bias": t(m.bn1.bias)},
+            "eca": {"conv": {"kernel": t(m.eca.weight).reshape(3, 1, 1)}},
+            "fc": {"kernel": t(m.fc.weight).T, "bias": t(m.fc.bias)}}
+
+
+def test_sgd_matches_torch_sgd_momentum_weight_decay():
+    """Three steps of our release recipe == torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4)
+    (coupled decay on every parameter, incl. BN and biases). Parameters are compared; BN running
+    variances are not: PyTorch keeps the unbiased batch variance, Flax the biased one."""
+    torch.manual_seed(0)
+    tm = _TinyTorch()
+    with torch.no_grad():
+        tm.bn1.weight.uniform_(0.5, 1.5)
+        tm.bn1.bias.normal_(0, 0.1)
+        tm.eca.weight.normal_(0, 0.5)
+    config = make_config(total_steps=3, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
+                         schedule="constant")
+    tx, _ = make_optimizer(config, steps_per_epoch=10, total_steps=3)
+    model = _TinyFlax()
+    state = init_state(make_init_fn(model, tx, (1, 8, 8, 3)), jax.random.PRNGKey(0), None)
+    state = state.replace(params=jax.tree.map(jnp.asarray, _torch_to_flax(tm)),
+                          opt_state=tx.init(jax.tree.map(jnp.asarray, _torch_to_flax(tm))))
+    step = jax.jit(make_train_step(model.apply, tx, 0.0, 1))
+    opt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    tm.train()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
+        y = rng.integers(0, 5, size=8).astype(np.int32)
+        state, metrics = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(x.transpose(0, 3, 1, 2))),
+                                                 torch.from_numpy(y).long())
+        loss.backward()
+        opt.step()
+        assert abs(float(metrics["loss"]) - loss.item()) < 1e-4
+        assert rel_err(jax.device_get(state.params), _torch_to_flax(tm)) < 1e-4
+    np.testing.assert_allclose(state.batch_stats["bn1"]["mean"], tm.bn1.running_mean.numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- digits
+
+def test_digits_learns_and_evaluate_cli(tmp_path):
+    """A short digits run (16x16, 48 steps) is far above chance (10%); the artifacts exist and
+    ``python -m eca_jax.evaluate`` reproduces the final eval as its last JSON line."""
+    config = make_config(model="eca_resnet8_cifar", model_kwargs=dict(widths=(8, 16, 16)),
+                         dataset="digits", data_dir=str(tmp_path / "data"), image_size=16,
+                         batch_size=64, total_steps=48, eval_every_steps=48,
+                         checkpoint_every_steps=24, log_every_steps=8, learning_rate=0.1,
+                         schedule="cosine", warmup_steps=4, progress="lines")
+    workdir = tmp_path / "digits"
+    result = train_and_evaluate(config, str(workdir))
+    assert result["num_examples"] == 360
+    assert result["eval_top1"] > 0.5, result
+    for name in ("metrics.csv", "curves.png"):
+        assert (workdir / name).stat().st_size > 0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+    proc = subprocess.run([sys.executable, "-m", "eca_jax.evaluate", "--workdir", str(workdir)],
+                          capture_output=True, text=True, cwd=ROOT, env=worker_env(), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = last_json(proc.stdout)
+    assert {"top1", "top5", "loss", "num_examples"} <= set(out) and out["step"] == 48
+    assert out["num_examples"] == 360 and abs(out["top1"] - result["eval_top1"]) < 1e-6
