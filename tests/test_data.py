@@ -370,6 +370,37 @@ def test_preprocess_for_eval_bicubic_and_crop_pct_match_pil():
     assert np.abs(ours - reference).mean() < 1.5
 
 
+def test_inception_crop_windows_decode_only_the_window_and_flip():
+    tf = T.tf
+    image = synthetic_photo(375, 500, seed=1)
+    encoded = jpeg_bytes(image)
+    windows = np.array([T._sample_crop_window(tf.constant([375, 500, 3]), tf.constant([0, i]), (0.08, 1.0),
+                                              (3 / 4, 4 / 3)).numpy() for i in range(200)])
+    area = windows[:, 2] * windows[:, 3] / (375 * 500)
+    ratio = windows[:, 3] / windows[:, 2]
+    assert area.min() >= 0.075 and area.max() <= 1.0 and area.min() < 0.2 and area.max() > 0.7
+    assert ratio.min() > 0.70 and ratio.max() < 1.40  # 3/4..4/3 up to whole-pixel rounding
+    assert len({tuple(w) for w in windows}) > 150  # the seed drives the window
+    # Only the window is decoded, and it is the same pixels as cropping the full decode.
+    full = tf.io.decode_jpeg(encoded, channels=3).numpy().astype(int)
+    y, x, h, w = (int(v) for v in windows[0])
+    window = T.inception_crop(tf.constant(encoded), tf.constant([0, 0])).numpy().astype(int)
+    assert window.shape == (h, w, 3)
+    assert np.abs(window - full[y:y + h, x:x + w]).mean() < 1.0
+    # With the whole image as the crop, the output is the resized image or its mirror, each about half the time.
+    plain = T.train_transform(tf.constant(image), tf.constant([0, 0]), image_size=64, augment="none").numpy()
+    flips = 0
+    for i in range(40):
+        out = T.train_transform(tf.constant(encoded), tf.constant([1, i]), image_size=64, area_range=(1.0, 1.0),
+                                ratio_range=(500 / 375, 500 / 375)).numpy()
+        mirrored = np.abs(out - plain[:, ::-1]).mean() < np.abs(out - plain).mean()
+        flips += int(mirrored)
+    assert 8 <= flips <= 32
+    again = T.train_transform(tf.constant(encoded), tf.constant([1, 3]), image_size=64)
+    np.testing.assert_array_equal(again.numpy(), T.train_transform(tf.constant(encoded), tf.constant([1, 3]),
+                                                                   image_size=64).numpy())
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("bad,match", [

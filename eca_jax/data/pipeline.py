@@ -263,6 +263,7 @@ class TrainIterator:
             for batch in _numpy_batches(self._memory_dataset(epoch, step), self._reader.describe()):
                 epoch, step = self._after(epoch, step)
                 yield (epoch, step), batch
+            return  # not reached: the in-memory stream is infinite
         while True:  # one tfds pipeline per epoch (tfds' file shuffle takes a Python seed)
             what = f"{self._reader.describe()}, epoch {epoch}"
             examples = self._tfds_batch_examples(epoch, step)
