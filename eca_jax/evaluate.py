@@ -30,60 +30,60 @@ _RESIZE = flags.DEFINE_integer("resize_size", None, "Override the eval resize si
 def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = None,
                         overrides: dict[str, Any] | None = None,
                         data_module: Any = None) -> dict[str, Any]:
-  """Metrics of the checkpoint at ``path`` (workdir, checkpoints dir or step dir)."""
-  import jax  # noqa: PLC0415
+    """Metrics of the checkpoint at ``path`` (workdir, checkpoints dir or step dir)."""
+    import jax  # noqa: PLC0415
 
-  from eca_jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from eca_jax.train import loop  # noqa: PLC0415
-  from eca_jax.train import sharding as shd  # noqa: PLC0415
-  from eca_jax.train.config import make_config  # noqa: PLC0415
-  from eca_jax.train.init_from import _place_like  # noqa: PLC0415
-  from eca_jax.train.step import make_eval_step  # noqa: PLC0415
+    from eca_jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
+    from eca_jax.train import loop  # noqa: PLC0415
+    from eca_jax.train import sharding as shd  # noqa: PLC0415
+    from eca_jax.train.config import make_config  # noqa: PLC0415
+    from eca_jax.train.init_from import _place_like  # noqa: PLC0415
+    from eca_jax.train.step import make_eval_step  # noqa: PLC0415
 
-  if data_module is None:
-    from eca_jax import data as data_module  # noqa: PLC0415
-  step_dir = ckpt_lib.resolve_step_dir(path, best=best, step=step)
-  sig = ckpt_lib.step_signature(step_dir)
-  if not sig.get("model"):
-    raise ValueError(f"{step_dir} has no model metadata; was it written by eca_jax.train?")
-  saved = dict(sig.get("config") or {})
-  keep = ("model", "model_kwargs", "dtype", "dataset", "data_dir", "manual_dir", "image_size",
-          "eval_resize_size", "batch_size", "eval_batch_size")
-  config = make_config(**{k: saved[k] for k in keep if k in saved},
-                       **{k: v for k, v in (overrides or {}).items() if v is not None})
-  mesh = shd.make_mesh(-1, 1)
-  batch = config.eval_batch_size or config.batch_size
-  batch = -(-batch // mesh.size) * mesh.size  # round up to a multiple of the device count
-  model = loop.build_model(config, int(sig["num_classes"]))
-  host = ckpt_lib.load_variables(step_dir)
-  shapes = loop._variable_shapes(lambda n: model, config.image_size, int(sig["num_classes"]))
-  repl = shd.replicated(mesh)
-  refs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-  variables = jax.tree.map(_place_like, host, refs)
-  eval_fn = jax.jit(make_eval_step(model.apply))
-  metrics = loop.evaluate(eval_fn, variables, data_module, config, shd.batch_sharding(mesh),
-                          batch)
-  return {**metrics, "step": int(step_dir.name), "model": config.model,
-          "dataset": config.dataset, "checkpoint": str(step_dir)}
+    if data_module is None:
+        from eca_jax import data as data_module  # noqa: PLC0415
+    step_dir = ckpt_lib.resolve_step_dir(path, best=best, step=step)
+    sig = ckpt_lib.step_signature(step_dir)
+    if not sig.get("model"):
+        raise ValueError(f"{step_dir} has no model metadata; was it written by eca_jax.train?")
+    saved = dict(sig.get("config") or {})
+    keep = ("model", "model_kwargs", "dtype", "dataset", "data_dir", "manual_dir", "image_size",
+            "eval_resize_size", "batch_size", "eval_batch_size")
+    config = make_config(**{k: saved[k] for k in keep if k in saved},
+                         **{k: v for k, v in (overrides or {}).items() if v is not None})
+    mesh = shd.make_mesh(-1, 1)
+    batch = config.eval_batch_size or config.batch_size
+    batch = -(-batch // mesh.size) * mesh.size  # round up to a multiple of the device count
+    model = loop.build_model(config, int(sig["num_classes"]))
+    host = ckpt_lib.load_variables(step_dir)
+    shapes = loop._variable_shapes(lambda n: model, config.image_size, int(sig["num_classes"]))
+    repl = shd.replicated(mesh)
+    refs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+    variables = jax.tree.map(_place_like, host, refs)
+    eval_fn = jax.jit(make_eval_step(model.apply))
+    metrics = loop.evaluate(eval_fn, variables, data_module, config, shd.batch_sharding(mesh),
+                            batch)
+    return {**metrics, "step": int(step_dir.name), "model": config.model,
+            "dataset": config.dataset, "checkpoint": str(step_dir)}
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  path = _CHECKPOINT.value or _WORKDIR.value
-  if not path:
-    raise app.UsageError("Pass --workdir or --checkpoint.")
-  overrides = {"dataset": _DATASET.value, "data_dir": _DATA_DIR.value,
-               "manual_dir": _MANUAL_DIR.value, "eval_batch_size": _BATCH.value,
-               "image_size": _IMAGE_SIZE.value, "eval_resize_size": _RESIZE.value}
-  try:
-    result = evaluate_checkpoint(path, best=_BEST.value, step=_STEP.value, overrides=overrides)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(json.dumps(result))
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    path = _CHECKPOINT.value or _WORKDIR.value
+    if not path:
+        raise app.UsageError("Pass --workdir or --checkpoint.")
+    overrides = {"dataset": _DATASET.value, "data_dir": _DATA_DIR.value,
+                 "manual_dir": _MANUAL_DIR.value, "eval_batch_size": _BATCH.value,
+                 "image_size": _IMAGE_SIZE.value, "eval_resize_size": _RESIZE.value}
+    try:
+        result = evaluate_checkpoint(path, best=_BEST.value, step=_STEP.value, overrides=overrides)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

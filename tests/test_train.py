@@ -60,8 +60,24 @@ def final_variables(workdir):
     return int(step_dir.name), ckpt_lib.load_variables(step_dir)
 
 
+_CACHE_DIR: list[str] = []  # one persistent compilation cache shared by this module's workers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _worker_compilation_cache(tmp_path_factory):
+    """Workers compile the same programs again and again: share a persistent XLA cache (a hit
+    loads the identical executable, so results are unchanged)."""
+    _CACHE_DIR.append(str(tmp_path_factory.mktemp("xla_cache")))
+    yield
+    _CACHE_DIR.clear()
+
+
 def worker_env():
     env = dict(os.environ)
+    if _CACHE_DIR:
+        env.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR[0],
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = str(bool(jax.config.read("jax_disable_most_optimizations")))
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"),
                                          env.get("PYTHONPATH", "")])
@@ -124,7 +140,7 @@ def test_config_typos_and_values():
     config = make_config(total_steps=1)
     with pytest.raises(AttributeError, match="batch_size"):  # locked: new keys are refused
         config.bacth_size = 3
-    for bad, match in [(dict(total_steps=1, total_epochs=1.0), "only one of"),
+    for bad, match in [(dict(total_steps=0), "total_steps must be positive"),
                        (dict(), "total_steps or config.total_epochs"),
                        (dict(total_steps=1, dtype="float16"), "dtype"),
                        (dict(total_steps=1, batch_size=10, grad_accum_steps=3), "divisible"),
@@ -134,6 +150,8 @@ def test_config_typos_and_values():
     config = make_config(total_epochs=2.5, warmup_epochs=0.5)
     assert to_steps(config, "total", 10) == 25 and to_steps(config, "warmup", 10) == 5
     assert to_steps(config, "eval_every", 10, default=10) == 10
+    config = make_config(total_epochs=2.5, total_steps=7)  # steps win (command-line override)
+    assert to_steps(config, "total", 10) == 7
 
 
 def test_cli_rejects_typos(tmp_path):
@@ -150,6 +168,31 @@ def test_cli_rejects_typos(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_progress_lines_tqdm_and_plot(tmp_path):
+    import io
+    from eca_jax.train import reporting
+    out = io.StringIO()
+    progress = reporting.Progress(10, 0, "lines", stream=out)
+    for step in range(1, 11):
+        progress.update(step, {"loss": 1.0 / step, "img/s": 100.0} if step % 5 == 0 else None)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step 5/10 (50%) | loss 0.2 | img/s 100")
+    assert "ETA" in lines[0] and lines[1].endswith("ETA 0:00:00")
+    bar_out = io.StringIO()
+    bar = reporting.Progress(10, 4, "tqdm", stream=bar_out)
+    bar.update(5, {"loss": 0.5})
+    bar.close()
+    assert "5/10" in bar_out.getvalue()
+    writer = reporting.MetricsWriter(str(tmp_path), tensorboard=False)
+    for step in (1, 2, 3):
+        writer.write(step, {"train_loss": 1.0 / step, "train_accuracy": 0.3 * step})
+    writer.write(3, {"eval_loss": 0.5, "eval_top1": 0.8})
+    resumed = reporting.MetricsWriter(str(tmp_path), resume_step=2, tensorboard=False)
+    assert [r["step"] for r in reporting.read_csv(resumed.csv_path)] == ["1", "2"]
+    png = reporting.plot_curves(resumed.csv_path, str(tmp_path / "c.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------- sharding
 
 def _three_steps(mesh, fsdp_min_size=2 ** 30):
@@ -161,6 +204,7 @@ def _three_steps(mesh, fsdp_min_size=2 ** 30):
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     shardings = shd.tree_shardings(abstract, mesh, fsdp_min_size)
     state = init_state(init_fn, jax.random.PRNGKey(0), shardings)
+    initial = jax.device_get(state.variables)
     batch_sh = shd.batch_sharding(mesh)
     step = jax.jit(make_train_step(model.apply, tx, 0.1, 1), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, shd.replicated(mesh)))
@@ -168,13 +212,13 @@ def _three_steps(mesh, fsdp_min_size=2 ** 30):
         images, labels = _examples(np.arange(16 * i, 16 * (i + 1)), 8, 1)
         state, _ = step(state, {"image": jax.device_put(images, batch_sh),
                                 "label": jax.device_put(labels, batch_sh)})
-    return state, shardings
+    return state, shardings, initial
 
 
 def test_eight_devices_and_fsdp_equal_one_device():
-    single, _ = _three_steps(shd.make_mesh(1, 1))
-    data8, _ = _three_steps(shd.make_mesh(-1, 1))
-    fsdp, shardings = _three_steps(shd.make_mesh(2, 4), fsdp_min_size=64)
+    single, _, fresh = _three_steps(shd.make_mesh(1, 1))
+    data8, _, _ = _three_steps(shd.make_mesh(-1, 1))
+    fsdp, shardings, _ = _three_steps(shd.make_mesh(2, 4), fsdp_min_size=64)
     specs = [s.spec for s in jax.tree.leaves(shardings.params)]
     opt_specs = [s.spec for s in jax.tree.leaves(shardings.opt_state)]
     assert any("fsdp" in tuple(s) for s in specs) and any("fsdp" in tuple(s) for s in opt_specs)
@@ -183,9 +227,6 @@ def test_eight_devices_and_fsdp_equal_one_device():
     assert len({sh.data.shape for sh in fsdp_leaf.addressable_shards}) == 1
     assert fsdp_leaf.addressable_shards[0].data.size * 4 == fsdp_leaf.size  # really sharded
     ref = jax.device_get(single.variables)
-    init = make_init_fn(build_model(tiny_config(model_kwargs=dict(widths=(8, 8, 16), stem_width=8)),
-                                    4), make_optimizer(tiny_config(), 16, 3)[0], (1, 8, 8, 3))
-    fresh = jax.device_get(init_state(init, jax.random.PRNGKey(0), None).variables)
     assert rel_err(fresh["batch_stats"], ref["batch_stats"]) > 1e-3  # BN stats really moved
     assert rel_err(fresh["params"], ref["params"]) > 1e-3
     assert rel_err(jax.device_get(data8.variables), ref) < 1e-5
@@ -224,7 +265,7 @@ def test_two_processes_equal_one(reference, tmp_path):
 def test_sigterm_saves_and_resume_is_exact(reference, tmp_path):
     _, _, ref_vars = reference
     progress = tmp_path / "progress.txt"
-    proc = start_worker(tmp_path / "w", None, "--step_delay", 0.4, "--progress_file", progress)
+    proc = start_worker(tmp_path / "w", None, "--step_delay", 0.25, "--progress_file", progress)
     wait_for(lambda: progress.exists() and "batches=3" in progress.read_text(), proc=proc,
              what="step 3")
     proc.send_signal(signal.SIGTERM)
@@ -318,12 +359,19 @@ def test_init_from_mismatch_and_head_reset(reference, tmp_path):
     kwargs = dict(model_name=config.model, num_classes=3, make_shapes=shapes, log=lambda s: None)
     with pytest.raises(CheckpointMismatchError, match="init_from_reset_head=True"):
         init_lib.apply(state, str(ref_dir), reset_head=False, **kwargs)
-    new = jax.device_get(init_lib.apply(state, str(ref_dir), reset_head=True, **kwargs).variables)
-    assert np.array_equal(new["params"]["fc"]["kernel"], jax.device_get(state.params["fc"]["kernel"]))
-    new["params"].pop("fc")
+    # The same through a directory written by eca_jax.convert (released weights).
+    from eca_jax import convert
+    converted = convert.save(tmp_path / "converted", ref_vars, {
+        "arch": "eca_resnet8_cifar", "num_classes": 4,
+        "model_kwargs": {"widths": [4, 8, 8], "stem_width": 4}})
     body = {"params": {k: v for k, v in ref_vars["params"].items() if k != "fc"},
             "batch_stats": ref_vars["batch_stats"]}
-    assert rel_err(new, body) == 0.0
+    for source in (str(ref_dir), converted):
+        new = jax.device_get(init_lib.apply(state, source, reset_head=True, **kwargs).variables)
+        assert np.array_equal(new["params"]["fc"]["kernel"],
+                              jax.device_get(state.params["fc"]["kernel"]))
+        new["params"].pop("fc")
+        assert rel_err(new, body) == 0.0
 
 
 # ----------------------------------------------------------------------------- the release's SGD
@@ -396,15 +444,55 @@ def test_sgd_matches_torch_sgd_momentum_weight_decay():
                                rtol=1e-4, atol=1e-6)
 
 
+def test_grad_accumulation_equals_the_full_batch():
+    """grad_accum_steps=2 (optax.MultiSteps) on two halves == one step on the whole batch."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.zeros(3)}
+    grad = jax.grad(lambda p, xs, ys: jnp.mean((xs @ p["w"] + p["b"] - ys) ** 2))
+    results = []
+    for accum in (1, 2):
+        config = make_config(total_steps=4, schedule="cosine", warmup_steps=1, grad_accum_steps=accum)
+        tx, _ = make_optimizer(config, steps_per_epoch=4, total_steps=4)
+        p, opt = params, tx.init(params)
+        for _ in range(3):  # 3 updates
+            for xs, ys in zip(np.split(x, accum), np.split(y, accum)):
+                updates, opt = tx.update(grad(p, xs, ys), opt, p)
+                p = jax.tree.map(jnp.add, p, updates)
+        results.append(p)
+    assert rel_err(results[1], results[0]) < 1e-6 and rel_err(results[0], params) > 1e-3
+
+
+def test_bn_groups_normalise_each_group_separately():
+    """bn_groups=2: each half is normalised with its own statistics (the release's per-GPU BN);
+    the running averages are the mean of the two halves' updates."""
+    from eca_jax.train.step import _forward_train
+    model = _TinyFlax()
+    x = np.random.default_rng(1).normal(size=(8, 6, 6, 3)).astype(np.float32)
+    x[4:] = 3.0 * x[4:] + 1.0  # the halves have different statistics
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    logits, stats = _forward_train(model.apply, variables["params"], variables["batch_stats"],
+                                   jnp.asarray(x), jax.random.PRNGKey(0), 2)
+    halves = [model.apply(variables, x[i:i + 4], train=True, mutable=["batch_stats"])
+              for i in (0, 4)]
+    np.testing.assert_allclose(logits, np.concatenate([h[0] for h in halves]), rtol=1e-5,
+                               atol=1e-6)
+    mean = (halves[0][1]["batch_stats"]["bn1"]["mean"] + halves[1][1]["batch_stats"]["bn1"]["mean"]) / 2
+    np.testing.assert_allclose(stats["bn1"]["mean"], mean, rtol=1e-5, atol=1e-7)
+    global_logits, _ = _forward_train(model.apply, variables["params"], variables["batch_stats"],
+                                      jnp.asarray(x), jax.random.PRNGKey(0), 1)
+    assert float(jnp.abs(global_logits - logits).max()) > 1e-3  # global statistics differ
+
+
 # ----------------------------------------------------------------------------- digits
 
 def test_digits_learns_and_evaluate_cli(tmp_path):
-    """A short digits run (16x16, 48 steps) is far above chance (10%); the artifacts exist and
+    """A short digits run (16x16, 40 steps) is far above chance (10%); the artifacts exist and
     ``python -m eca_jax.evaluate`` reproduces the final eval as its last JSON line."""
-    config = make_config(model="eca_resnet8_cifar", model_kwargs=dict(widths=(8, 16, 16)),
+    config = make_config(model="eca_resnet8_cifar",
                          dataset="digits", data_dir=str(tmp_path / "data"), image_size=16,
-                         batch_size=64, total_steps=48, eval_every_steps=48,
-                         checkpoint_every_steps=24, log_every_steps=8, learning_rate=0.1,
+                         batch_size=64, total_steps=40, eval_every_steps=40,
+                         checkpoint_every_steps=20, log_every_steps=8, learning_rate=0.1,
                          schedule="cosine", warmup_steps=4, progress="lines")
     workdir = tmp_path / "digits"
     result = train_and_evaluate(config, str(workdir))
@@ -417,5 +505,5 @@ def test_digits_learns_and_evaluate_cli(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, env=worker_env(), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = last_json(proc.stdout)
-    assert {"top1", "top5", "loss", "num_examples"} <= set(out) and out["step"] == 48
+    assert {"top1", "top5", "loss", "num_examples"} <= set(out) and out["step"] == 40
     assert out["num_examples"] == 360 and abs(out["top1"] - result["eval_top1"]) < 1e-6

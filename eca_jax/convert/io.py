@@ -92,14 +92,17 @@ def _read_pickle(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text or "weights_only" in text:
-            detail = next((line.strip() for line in text.splitlines()
-                           if "GLOBAL" in line or "Unsupported" in line), text.splitlines()[0])
+        refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+        if refused is not None:   # a class, function or callable: the only way a pickle runs code
+            refused = refused.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
             raise UnsafePickleError(
                 f"Refusing {path}: torch.load(weights_only=True) refused it because its pickle holds code, "
-                f"not only tensors ({detail}). Only plain state dicts convert; nothing in the file was run. "
+                f"not only tensors ({refused}). Only plain state dicts convert; nothing in the file was run. "
                 "If you trust the file, re-save its state_dict with torch.save(model.state_dict(), ...).") from None
-        raise UnreadableCheckpointError(f"Cannot read {path}: corrupt pickle ({e}).") from None
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line or "error" in line.lower()),
+                      text.splitlines()[0] if text else "")
+        raise UnreadableCheckpointError(f"Cannot read {path}: not a PyTorch checkpoint, or truncated/corrupt "
+                                        f"(pickle: {detail}).") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         raise UnreadableCheckpointError(
             f"Cannot read {path}: not a PyTorch checkpoint, or truncated/corrupt "

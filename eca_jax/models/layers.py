@@ -7,7 +7,7 @@ release's fan-out normal conv init, and PyTorch's default Linear init for the cl
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +22,50 @@ BN_MOMENTUM = 0.9   # == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
 
+def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
+    dn = dimension_numbers
+    return dn is not None and tuple(dn.lhs_spec) == (0, 3, 1, 2) and tuple(dn.rhs_spec) == (3, 2, 0, 1) \
+        and tuple(dn.out_spec) == (0, 3, 1, 2)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None
+                         ) -> jax.Array:
+    """``lax.conv_general_dilated`` with 1x1 convolutions computed as a matrix product.
+
+    Same result (the same sums; float rounding may differ in the last bit), but XLA:CPU runs the
+    backward pass of a 1x1 conv written as a convolution (weight gradient = a convolution with
+    the batch as its feature axis) at a few GFLOP/s, and as a ``dot_general`` at GEMM speed.
+    Strided 1x1 convs (no padding) take every s-th pixel first, like PyTorch's.
+    Injected into ``nn.Conv(conv_general_dilated=...)``; any other conv goes to XLA unchanged.
+    """
+    pointwise = (_is_nhwc_hwio(dimension_numbers) and rhs.shape[:2] == (1, 1) and feature_group_count == 1
+                 and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+                 and not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding))
+    if not (pointwise and POINTWISE_AS_DOT):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                            feature_group_count=feature_group_count, precision=precision)
+    sh, sw = window_strides
+    if sh > 1 or sw > 1:
+        lhs = lhs[:, ::sh, ::sw, :]
+    return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision)
+
+
+POINTWISE_AS_DOT = True  # experiment switch (experiments/PERFORMANCE.md); True is the fast path
+
+
 def conv2d(features: int, kernel: int, stride: int = 1, groups: int = 1, *, name: str,
            dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = False) -> nn.Conv:
-    """A bias-free square conv padded like PyTorch's ``padding=kernel // 2`` (symmetric)."""
+    """A bias-free square conv padded like PyTorch's ``padding=kernel // 2`` (symmetric).
+
+    Kernel (k, k, C_in / groups, C_out) (HWIO); computed by :func:`conv_general_dilated`.
+    """
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    feature_group_count=groups, use_bias=use_bias, kernel_init=conv_fan_out_init,
-                   dtype=dtype, param_dtype=param_dtype, name=name)
+                   dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, name=name)
 
 
 def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,

@@ -29,41 +29,41 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _maybe_initialize_distributed() -> None:
-  import jax  # noqa: PLC0415
-  if _COORD.value is not None:
-    jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-  elif _MULTI.value:
-    jax.distributed.initialize()
+    import jax  # noqa: PLC0415
+    if _COORD.value is not None:
+        jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+    elif _MULTI.value:
+        jax.distributed.initialize()
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    validate_config(_CONFIG.value)
-  except (KeyError, ValueError) as e:
-    sys.exit(f"error: {e.args[0] if e.args else e}")
-  _maybe_initialize_distributed()
-  from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError  # noqa
-  from eca_jax.train.loop import train_and_evaluate  # noqa: PLC0415
-  try:
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (CheckpointMismatchError, CheckpointSaveError) as e:
-    sys.exit(f"error: {e}")
-  import jax  # noqa: PLC0415
-  if jax.process_index() == 0:
-    print(json.dumps(result))
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:
+        validate_config(_CONFIG.value)
+    except (KeyError, ValueError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+    _maybe_initialize_distributed()
+    from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError  # noqa
+    from eca_jax.train.loop import train_and_evaluate  # noqa: PLC0415
+    try:
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (CheckpointMismatchError, CheckpointSaveError) as e:
+        sys.exit(f"error: {e}")
+    import jax  # noqa: PLC0415
+    if jax.process_index() == 0:
+        print(json.dumps(result))
 
 
 def run() -> None:
-  try:
-    check_override_flags(sys.argv[1:])
-  except KeyError as e:
-    sys.exit(f"error: {e.args[0]}")
-  app.run(main)
+    try:
+        check_override_flags(sys.argv[1:])
+    except KeyError as e:
+        sys.exit(f"error: {e.args[0]}")
+    app.run(main)
 
 
 if __name__ == "__main__":
-  run()
+    run()

@@ -12,34 +12,34 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """step: int32 () optimizer updates done (micro-steps when grad_accum_steps > 1 are inside
-  opt_state); params / batch_stats: the model's variable collections (float32);
-  opt_state: the optax state; rng: uint32 (2,) base key (per-step keys are fold_in(rng, step))."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array
+    """step: int32 () optimizer updates done (micro-steps when grad_accum_steps > 1 are inside
+    opt_state); params / batch_stats: the model's variable collections (float32);
+    opt_state: the optax state; rng: uint32 (2,) base key (per-step keys are fold_in(rng, step))."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
 
-  @property
-  def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    @property
+    def variables(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def make_init_fn(model: flax.linen.Module, tx: optax.GradientTransformation,
                  input_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
-  """Returns ``init(rng) -> TrainState`` (pure; jit it with out_shardings to create the state
-  already sharded). ``input_shape`` is one NHWC batch, e.g. (2, 224, 224, 3)."""
+    """Returns ``init(rng) -> TrainState`` (pure; jit it with out_shardings to create the state
+    already sharded). ``input_shape`` is one NHWC batch, e.g. (2, 224, 224, 3)."""
 
-  def init(rng: jax.Array) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng)
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, state_rng = jax.random.split(rng)
+        variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+        params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                          opt_state=tx.init(params), rng=state_rng)
 
-  return init
+    return init
 
 
 # Init runs once: XLA's backend optimisations only cost compile time there (about 10 s for a
@@ -50,8 +50,8 @@ _RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0,
 
 def init_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array,
                shardings: Any) -> TrainState:
-  """``init_fn(rng)`` compiled with ``out_shardings``: the state is created already sharded
-  (each device only materialises its own shards)."""
-  compiled = jax.jit(init_fn, out_shardings=shardings).lower(rng).compile(
-      compiler_options=_RUN_ONCE_OPTIONS)
-  return compiled(rng)
+    """``init_fn(rng)`` compiled with ``out_shardings``: the state is created already sharded
+    (each device only materialises its own shards)."""
+    compiled = jax.jit(init_fn, out_shardings=shardings).lower(rng).compile(
+        compiler_options=_RUN_ONCE_OPTIONS)
+    return compiled(rng)

@@ -10,19 +10,19 @@ from eca_jax.train.config import make_config
 
 
 def get_config(arg=None):
-  del arg
-  return make_config(
-      model="eca_resnet8_cifar",
-      dataset="digits",
-      image_size=32,
-      batch_size=128,
-      total_epochs=15.0,               # 1437 train images: 11 steps/epoch, 165 steps
-      learning_rate=0.1,
-      schedule="cosine",
-      warmup_epochs=1.0,
-      weight_decay=5e-4,
-      eval_every_epochs=3.0,
-      checkpoint_every_epochs=3.0,
-      log_every_steps=11,
-      seed=0,
-  )
+    del arg
+    return make_config(
+        model="eca_resnet8_cifar",
+        dataset="digits",
+        image_size=32,
+        batch_size=128,
+        total_epochs=15.0,               # 1437 train images: 11 steps/epoch, 165 steps
+        learning_rate=0.1,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        weight_decay=5e-4,
+        eval_every_epochs=3.0,
+        checkpoint_every_epochs=3.0,
+        log_every_steps=11,
+        seed=0,
+    )

@@ -14,23 +14,23 @@ from eca_jax.train.config import make_config
 
 
 def get_config(arg=None):
-  del arg
-  return make_config(
-      model="eca_mobilenet_v2",
-      dataset="imagenet2012",
-      image_size=224,
-      eval_resize_size=256,
-      augment="inception_crop_flip",
-      batch_size=96,
-      total_epochs=400.0,
-      learning_rate=0.045,
-      momentum=0.9,
-      schedule="step",                 # staircase exponential: 0.98 every epoch
-      lr_decay_factor=0.98,
-      lr_decay_epochs=1.0,
-      weight_decay=4e-5,
-      weight_decay_norm_and_bias=True,
-      eval_every_epochs=5.0,
-      checkpoint_every_epochs=1.0,
-      log_every_steps=200,
-  )
+    del arg
+    return make_config(
+        model="eca_mobilenet_v2",
+        dataset="imagenet2012",
+        image_size=224,
+        eval_resize_size=256,
+        augment="inception_crop_flip",
+        batch_size=96,
+        total_epochs=400.0,
+        learning_rate=0.045,
+        momentum=0.9,
+        schedule="step",                 # staircase exponential: 0.98 every epoch
+        lr_decay_factor=0.98,
+        lr_decay_epochs=1.0,
+        weight_decay=4e-5,
+        weight_decay_norm_and_bias=True,
+        eval_every_epochs=5.0,
+        checkpoint_every_epochs=1.0,
+        log_every_steps=200,
+    )

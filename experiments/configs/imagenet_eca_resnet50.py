@@ -15,24 +15,24 @@ from eca_jax.train.config import make_config
 
 
 def get_config(arg=None):
-  del arg
-  batch_size = 256
-  return make_config(
-      model="eca_resnet50",
-      dataset="imagenet2012",
-      image_size=224,
-      eval_resize_size=256,
-      augment="inception_crop_flip",
-      batch_size=batch_size,
-      total_epochs=100.0,
-      learning_rate=0.1 * batch_size / 256,
-      momentum=0.9,
-      schedule="step",
-      lr_decay_factor=0.1,
-      lr_decay_epochs=30.0,
-      weight_decay=1e-4,
-      weight_decay_norm_and_bias=True,
-      eval_every_epochs=1.0,
-      checkpoint_every_epochs=1.0,
-      log_every_steps=100,
-  )
+    del arg
+    batch_size = 256
+    return make_config(
+        model="eca_resnet50",
+        dataset="imagenet2012",
+        image_size=224,
+        eval_resize_size=256,
+        augment="inception_crop_flip",
+        batch_size=batch_size,
+        total_epochs=100.0,
+        learning_rate=0.1 * batch_size / 256,
+        momentum=0.9,
+        schedule="step",
+        lr_decay_factor=0.1,
+        lr_decay_epochs=30.0,
+        weight_decay=1e-4,
+        weight_decay_norm_and_bias=True,
+        eval_every_epochs=1.0,
+        checkpoint_every_epochs=1.0,
+        log_every_steps=100,
+    )

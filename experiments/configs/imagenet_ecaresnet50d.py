@@ -15,26 +15,26 @@ from eca_jax.train.config import make_config
 
 
 def get_config(arg=None):
-  del arg
-  batch_size = 1024
-  return make_config(
-      model="ecaresnet50d",
-      dataset="imagenet2012",
-      image_size=224,
-      eval_resize_size=256,
-      augment="inception_crop_flip",
-      batch_size=batch_size,
-      dtype="bfloat16",
-      total_epochs=200.0,
-      warmup_epochs=5.0,
-      learning_rate=0.1 * batch_size / 256,
-      momentum=0.9,
-      nesterov=True,
-      schedule="cosine",
-      label_smoothing=0.1,
-      weight_decay=5e-5,
-      weight_decay_norm_and_bias=False,
-      eval_every_epochs=2.0,
-      checkpoint_every_epochs=1.0,
-      log_every_steps=100,
-  )
+    del arg
+    batch_size = 1024
+    return make_config(
+        model="ecaresnet50d",
+        dataset="imagenet2012",
+        image_size=224,
+        eval_resize_size=256,
+        augment="inception_crop_flip",
+        batch_size=batch_size,
+        dtype="bfloat16",
+        total_epochs=200.0,
+        warmup_epochs=5.0,
+        learning_rate=0.1 * batch_size / 256,
+        momentum=0.9,
+        nesterov=True,
+        schedule="cosine",
+        label_smoothing=0.1,
+        weight_decay=5e-5,
+        weight_decay_norm_and_bias=False,
+        eval_every_epochs=2.0,
+        checkpoint_every_epochs=1.0,
+        log_every_steps=100,
+    )

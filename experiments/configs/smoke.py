@@ -9,17 +9,17 @@ from eca_jax.train.config import make_config
 
 
 def get_config(arg=None):
-  del arg
-  return make_config(
-      model="eca_resnet8_cifar",
-      model_kwargs=dict(widths=(8, 8, 16), stem_width=8),
-      dataset="digits",
-      image_size=16,
-      batch_size=32,
-      total_steps=8,
-      eval_every_steps=4,
-      checkpoint_every_steps=4,
-      log_every_steps=2,
-      learning_rate=0.05,
-      schedule="constant",
-  )
+    del arg
+    return make_config(
+        model="eca_resnet8_cifar",
+        model_kwargs=dict(widths=(8, 8, 16), stem_width=8),
+        dataset="digits",
+        image_size=16,
+        batch_size=32,
+        total_steps=8,
+        eval_every_steps=4,
+        checkpoint_every_steps=4,
+        log_every_steps=2,
+        learning_rate=0.05,
+        schedule="constant",
+    )
