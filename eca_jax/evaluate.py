@@ -37,7 +37,7 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
     from eca_jax.train import loop  # noqa: PLC0415
     from eca_jax.train import sharding as shd  # noqa: PLC0415
     from eca_jax.train.config import make_config  # noqa: PLC0415
-    from eca_jax.train.init_from import _place_like  # noqa: PLC0415
+    from eca_jax.train.init_from import place_like  # noqa: PLC0415
     from eca_jax.train.step import make_eval_step  # noqa: PLC0415
 
     if data_module is None:
@@ -49,17 +49,18 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
     saved = dict(sig.get("config") or {})
     keep = ("model", "model_kwargs", "dtype", "dataset", "data_dir", "manual_dir", "image_size",
             "eval_resize_size", "batch_size", "eval_batch_size")
-    config = make_config(**{k: saved[k] for k in keep if k in saved},
-                         **{k: v for k, v in (overrides or {}).items() if v is not None})
+    chosen = {k: saved[k] for k in keep if k in saved}
+    chosen.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    config = make_config(**chosen)
     mesh = shd.make_mesh(-1, 1)
     batch = config.eval_batch_size or config.batch_size
     batch = -(-batch // mesh.size) * mesh.size  # round up to a multiple of the device count
     model = loop.build_model(config, int(sig["num_classes"]))
     host = ckpt_lib.load_variables(step_dir)
-    shapes = loop._variable_shapes(lambda n: model, config.image_size, int(sig["num_classes"]))
+    shapes = loop.variable_shapes(lambda n: model, config.image_size, int(sig["num_classes"]))
     repl = shd.replicated(mesh)
     refs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-    variables = jax.tree.map(_place_like, host, refs)
+    variables = jax.tree.map(place_like, host, refs)
     eval_fn = jax.jit(make_eval_step(model.apply))
     metrics = loop.evaluate(eval_fn, variables, data_module, config, shd.batch_sharding(mesh),
                             batch)

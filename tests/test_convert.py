@@ -439,6 +439,9 @@ def test_forced_arch_names_the_first_mismatched_key(tmp_path, capsys):
     dst = tmp_path / "out"
     assert cli([str(path), str(dst), "--arch", "eca_resnet50"]) == 1
     assert "layer1.0.conv1.weight" in capsys.readouterr().err and _nothing_at(dst)
+    with pytest.raises(convert.ConversionError, match=r"match mobilenet_v2 \(arch forced\).*missing, first "
+                                                      r"'features.0.0.weight'.*unexpected, first 'conv1.weight'"):
+        convert.from_torch(sd, arch="mobilenet_v2")
     # Forcing the right architecture works, and ECA keys the model lacks are named.
     assert convert.convert(sd, arch="resnet18").arch.name == "resnet18"
     with pytest.raises(convert.ConversionError, match="unexpected, first 'layer1.0.eca.conv.weight'"):
@@ -579,3 +582,22 @@ def test_python_dash_m_entry_point(tmp_path):
                            "--verify-size", "65"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "architecture: ecaresnet26t" in proc.stdout and convert.is_converted_dir(dst)
+
+
+def test_training_checkpoint_exports_to_pytorch(tmp_path, capsys):
+    """A trainer workdir (eca_jax.train.checkpoint layout) -> PyTorch file, through --to torch."""
+    from eca_jax.train.checkpoint import Checkpointer
+    module = create_model("eca_resnet8_cifar", num_classes=10)
+    variables = random_variables(module, seed=25, size=32)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"], "step": np.int32(3),
+             "opt_state": {"mu": jax.tree.map(np.zeros_like, variables["params"])}}
+    signature = {"model": "eca_resnet8_cifar", "num_classes": 10, "model_kwargs": {}}
+    checkpointer = Checkpointer(str(tmp_path / "workdir"), signature, async_save=False, keep_best=False)
+    checkpointer.save(3, state, {"epoch": 0})
+    checkpointer.wait()
+    checkpointer.close()
+    dst = tmp_path / "trained.safetensors"
+    assert cli([str(tmp_path / "workdir"), str(dst), "--to", "torch"]) == 0, capsys.readouterr().err
+    again_module, again = convert.from_torch(dst)
+    assert again_module == module
+    assert_bit_exact(again, variables)

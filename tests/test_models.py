@@ -28,9 +28,10 @@ EXACT = {
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles():
     """Compile without XLA's heavy optimizations: these tests check shapes and finiteness, not speed."""
+    previous = jax.config.jax_disable_most_optimizations
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def test_every_registered_model_has_an_exact_count():

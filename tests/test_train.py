@@ -7,7 +7,6 @@ in-process reference run (fixture ``reference``).
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal

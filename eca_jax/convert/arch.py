@@ -327,8 +327,11 @@ def _fit_width(name: str, shapes: Shapes, num_classes: int, kwargs: dict, head: 
 
     Returns (kwargs, built) for the first multiplier whose non-ECA shapes all fit, else (kwargs, None).
     """
+    stem = shapes.get("features.0.0.weight")
+    if stem is None or len(stem) != 4:
+        return kwargs, None          # not a MobileNetV2 at all: the strict check names the keys
     target = _non_eca(shapes, head)
-    guess = round(shapes["features.0.0.weight"][0] / 32, 4)
+    guess = round(stem[0] / 32, 4)
     for wm in dict.fromkeys(WIDTH_MULTIPLIERS + (guess,)):
         trial = dict(kwargs, width_mult=wm) if wm != 1.0 else dict(kwargs)
         built = _build(name, num_classes, trial)

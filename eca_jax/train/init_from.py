@@ -89,7 +89,7 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], heads: set[str],
     return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
 
 
-def _place_like(value: Any, ref: jax.Array) -> jax.Array:
+def place_like(value: Any, ref: jax.Array) -> jax.Array:
     """``value`` (host numpy or a jax.Array) as a global array with ``ref``'s dtype/sharding
     (make_array_from_callback works with several processes, each placing its own shards)."""
     if value is ref:
@@ -113,6 +113,6 @@ def apply(state, path: str, *, model_name: str, num_classes: int, reset_head: bo
             f"--config.model_kwargs.<name>=..." if kwargs else "")
     merged = merge(fresh, loaded, head_paths(make_shapes, num_classes), reset_head, path,
                    model_name, hint)
-    merged = jax.tree.map(_place_like, merged, fresh)
+    merged = jax.tree.map(place_like, merged, fresh)
     log(f"Initialised from {path} ({found or 'converted weights'}).")
     return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])

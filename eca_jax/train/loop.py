@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from eca_jax.train import checkpoint as ckpt_lib
 from eca_jax.train import init_from as init_lib
@@ -37,6 +36,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """``create_model(config.model, **config.model_kwargs)`` computing in ``config.dtype``
+    (parameters stay float32)."""
     from eca_jax.models import create_model  # noqa: PLC0415
     return create_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype],
                         **config.model_kwargs.to_dict())
@@ -59,6 +60,8 @@ def evaluate(eval_fn, variables, data, config, sharding, batch_size: int) -> dic
         manual_dir=config.manual_dir):
         out = eval_fn(variables, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if sums is None:
+        raise ValueError(f"The eval split of {config.dataset!r} yielded no batches.")
     sums = {k: float(v) for k, v in jax.device_get(sums).items()}
     n = max(1.0, sums["count"])
     return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
@@ -70,7 +73,8 @@ def _abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
                         abstract, shardings)
 
 
-def _variable_shapes(model_fn, image_size: int, num_classes: int) -> dict[str, Any]:
+def variable_shapes(model_fn, image_size: int, num_classes: int) -> dict[str, Any]:
+    """{"params", "batch_stats"} as ShapeDtypeStructs of ``model_fn(num_classes)`` (no compute)."""
     model = model_fn(num_classes)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     v = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
@@ -141,7 +145,7 @@ def _restore_or_init(run: _Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState
         state = init_lib.apply(
             state, config.init_from, model_name=config.model, num_classes=run.model.num_classes,
             reset_head=config.init_from_reset_head, log=_log,
-            make_shapes=lambda n: _variable_shapes(functools.partial(build_model, config),
+            make_shapes=lambda n: variable_shapes(functools.partial(build_model, config),
                                                    config.image_size, n))
     return state, 0, None
 

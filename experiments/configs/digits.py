@@ -2,8 +2,9 @@
 
     python -m eca_jax.train --config experiments/configs/digits.py --workdir workdirs/digits
 
-Expected: >= 97% top-1 on the 360 held-out digits, about 2 minutes on 2 CPU cores (the first
-run also writes the digits tfds dataset, a few seconds). Curves: workdirs/digits/curves.png.
+Expected: about 98% top-1 on the 360 held-out digits (measured 98.06%) in about 2.5 minutes on
+2 CPU cores, progress lines with loss, images/s and ETA on the way (the first run also writes
+the digits tfds dataset, a few seconds). Curves: workdirs/digits/curves.png.
 Evaluate afterwards: python -m eca_jax.evaluate --workdir workdirs/digits --best
 """
 from eca_jax.train.config import make_config
