@@ -6,7 +6,7 @@ statistics, never identity BN), saved in the real file formats (the release's .p
 dicts), converted with the architecture INFERRED from the keys, and compared.
 
 Relative error everywhere: ||flax - torch|| / ||torch|| (Frobenius norm over the whole array).
-Runtime: about 4-5 minutes on 2 CPU cores (ecaresnet269d alone ~30 s). Set
+Runtime: about 5 minutes on 2 shared CPU cores (ecaresnet269d alone ~30 s). Set
 ECA_CONVERT_REPORT=path.json to dump the worst error per architecture.
 """
 from __future__ import annotations
