@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check_arch(name: Optional[str]) -> None:
     if name is None:
         return
-    from eca_jax.models.registry import _resolve  # noqa: PLC0415
-    _resolve(name)   # ValueError naming the closest registered names
+    from eca_jax.models.registry import resolve_model_name  # noqa: PLC0415
+    resolve_model_name(name)   # ValueError naming the closest registered names
 
 
 def _report_verify(result: dict, tolerance: float) -> None:

@@ -35,7 +35,7 @@ import flax.linen as nn
 
 from eca_jax.convert.mapping import ConversionError, compare_keys, torch_shapes
 from eca_jax.models import MobileNetV2, ResNet, create_model, get_model_cfg, list_models
-from eca_jax.models.registry import _resolve
+from eca_jax.models.registry import resolve_model_name
 
 Shapes = Mapping[str, tuple]
 HEADS = {ResNet: "fc", MobileNetV2: "classifier.1"}
@@ -352,7 +352,7 @@ def resolve(shapes: Shapes, arch: Optional[str] = None, num_classes: Optional[in
     forced = arch is not None
     if forced:
         try:
-            name = _resolve(arch)
+            name = resolve_model_name(arch)
         except ValueError as e:
             raise ConversionError(str(e)) from None
         probe = create_model(name)
@@ -412,7 +412,7 @@ def model_for(arch: Any, **kwargs: Any) -> tuple[nn.Module, str]:
         layout = "timm" if isinstance(arch, ResNet) and arch.avg_down else "release"
         return arch, layout
     try:
-        name = _resolve(arch)
+        name = resolve_model_name(arch)
     except ValueError as e:
         raise ConversionError(str(e)) from None
     return create_model(name, **kwargs), get_model_cfg(name).torch_layout

@@ -56,7 +56,8 @@ def register_model(cfg: ModelCfg) -> Callable:
     return register
 
 
-def _resolve(name: str) -> str:
+def resolve_model_name(name: str) -> str:
+    """The registered base name of ``name`` (drops a ``.tag``); ValueError with the closest names."""
     base = name.split(".", 1)[0]
     if base not in _ENTRYPOINTS:
         close = difflib.get_close_matches(base, list(_ENTRYPOINTS), n=5, cutoff=0.5)
@@ -73,7 +74,7 @@ def list_models(pattern: Optional[str] = None) -> list[str]:
 
 def get_model_cfg(name: str) -> ModelCfg:
     """The :class:`ModelCfg` of a registered model."""
-    return _CFGS[_resolve(name)]
+    return _CFGS[resolve_model_name(name)]
 
 
 def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
@@ -82,7 +83,7 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
     Raises ValueError listing the closest names for an unknown model and the valid attributes for
     an unknown keyword.
     """
-    entry = _ENTRYPOINTS[_resolve(name)]
+    entry = _ENTRYPOINTS[resolve_model_name(name)]
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         return entry(num_classes=num_classes, **kwargs)
