@@ -319,7 +319,7 @@ def torch_contender(name: str, torch_model, batch, setup: Setup, mode: str, comp
             loss.backward()
             opt.step()
             sync()
-            return loss
+            return loss.detach()
     c.step = step
     t0 = time.perf_counter()
     out = step()
@@ -536,7 +536,8 @@ def markdown_report(rows: Sequence[dict], meta: dict) -> str:
              f"{meta['usable_cores']} of {meta['cores']} cores used ({meta['threads']} threads per framework); "
              f"{meta['versions']}  ",
              f"Batch {meta['batch_size']} at {meta['image_size']}x{meta['image_size']}, {meta['dtype']}; "
-             f"median of {meta['repeats']} interleaved samples; XLA flags: `{meta['xla_flags'] or 'default'}`.",
+             f"median of {meta['repeats']} interleaved samples; XLA flags: `{meta['xla_flags'] or 'default'}`; "
+             f"1-min load average before/after: {meta.get('load', 'n/a')}.",
              ""]
     head = ["model", "mode"] + [f"{names[f]} img/s" for f in fws]
     head += [f"eca_jax / {names[f]}" for f in fws if f != "jax"]
@@ -573,7 +574,7 @@ def write_results(rows: Sequence[dict], meta: dict, out_dir: str) -> tuple[str, 
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"benchmark_{meta['date'][:10]}_{meta['device']}")
     with open(stem + ".csv", "w", newline="") as f:
-        extra = {k: meta[k] for k in ("date", "cpu", "accelerator", "threads", "xla_flags")}
+        extra = {k: meta.get(k, "") for k in ("date", "cpu", "accelerator", "threads", "xla_flags", "load")}
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(extra))
         writer.writeheader()
         for r in rows:
@@ -657,6 +658,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     setup = Setup(args.batch_size, args.image_size, args.dtype, args.device,
                   channels_last=args.channels_last == "on" or (args.channels_last == "auto" and args.device == "gpu"))
     t_start = time.time()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
     for mode in args.modes:
         for group in groups_of(args.models):
@@ -665,7 +667,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     meta.update(command="python experiments/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 date=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), device=args.device, threads=threads,
                 batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype, repeats=args.repeats,
-                xla_flags=os.environ.get("XLA_FLAGS", "") if xla_flags or os.environ.get("XLA_FLAGS") else "")
+                xla_flags=os.environ.get("XLA_FLAGS", "") if xla_flags or os.environ.get("XLA_FLAGS") else "",
+                load=f"{load_before:.1f} / {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a")
     report = markdown_report(rows, meta)
     print("\n" + report)
     print(f"total {time.time() - t_start:.0f} s")

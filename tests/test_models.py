@@ -28,7 +28,7 @@ EXACT = {
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles():
     """Compile without XLA's heavy optimizations: these tests check shapes and finiteness, not speed."""
-    previous = jax.config.jax_disable_most_optimizations
+    previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)

@@ -7,12 +7,13 @@ release's fan-out normal conv init, and PyTorch's default Linear init for the cl
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from eca_jax.models.conv_ops import conv_general_dilated
 from eca_jax.nn.attention import torch_linear_init
 
 # Release init: Conv2d weight ~ N(0, sqrt(2 / (kh * kw * out_channels))) (fan-out; untruncated).
@@ -20,72 +21,6 @@ conv_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BN_MOMENTUM = 0.9   # == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
-
-
-def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
-    dn = dimension_numbers
-    return dn is not None and tuple(dn.lhs_spec) == (0, 3, 1, 2) and tuple(dn.rhs_spec) == (3, 2, 0, 1) \
-        and tuple(dn.out_spec) == (0, 3, 1, 2)
-
-
-def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                           padding: Sequence[tuple[int, int]]) -> jax.Array:
-    """Depthwise conv of ``x`` (N, H, W, C) with ``kernel`` (kh, kw, 1, C) as kh*kw shifted multiply-adds.
-
-    Cross-correlation with explicit zero ``padding`` ((top, bottom), (left, right)) and ``strides``,
-    like ``lax.conv_general_dilated(..., feature_group_count=C)``. XLA fuses the taps into one
-    vectorised loop over the channel axis: on CPU 10x faster than XLA's grouped convolution.
-    """
-    n, h, w, c = x.shape
-    kh, kw = kernel.shape[:2]
-    sh, sw = strides
-    (pt, pb), (pl, pr) = padding
-    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    taps = kernel.reshape(kh, kw, c)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            window = jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                                   (1, sh, sw, 1))
-            term = window * taps[i, j]
-            out = term if out is None else out + term
-    return out
-
-
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
-                         lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None
-                         ) -> jax.Array:
-    """``lax.conv_general_dilated`` with the convolutions XLA:CPU runs slowly rewritten (same sums).
-
-    * 1x1 convs -> a matrix product (``dot_general``; strided ones take every s-th pixel first,
-      like PyTorch's). XLA:CPU computes the weight gradient of a 1x1 *convolution* as a
-      convolution with the batch as its feature axis, at a few GFLOP/s; as a dot it runs at GEMM speed.
-    * depthwise convs (kernel (kh, kw, 1, C), ``feature_group_count == C``) -> shifted
-      multiply-adds (:func:`depthwise_conv_shifted`).
-    Everything else goes to XLA unchanged. Injected into ``nn.Conv(conv_general_dilated=...)``;
-    results equal XLA's convolution up to float rounding of the sums.
-    """
-    plain = (_is_nhwc_hwio(dimension_numbers) and not isinstance(padding, str)
-             and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1))))
-    if plain and POINTWISE_AS_DOT and rhs.shape[:2] == (1, 1) and feature_group_count == 1 \
-            and all(tuple(p) == (0, 0) for p in padding):
-        sh, sw = window_strides
-        if sh > 1 or sw > 1:
-            lhs = lhs[:, ::sh, ::sw, :]
-        return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision)
-    if plain and DEPTHWISE_SHIFTED and feature_group_count > 1 and rhs.shape[2] == 1 \
-            and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
-        return depthwise_conv_shifted(lhs, rhs, window_strides, [tuple(p) for p in padding])
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision)
-
-
-# Experiment switches (experiments/PERFORMANCE.md measures both settings); True is the fast path.
-POINTWISE_AS_DOT = True
-DEPTHWISE_SHIFTED = True
 
 
 def conv2d(features: int, kernel: int, stride: int = 1, groups: int = 1, *, name: str,
