@@ -392,13 +392,14 @@ def measure_peak_memory(c: Contender, device: str) -> None:
 
 
 def warm_up(contenders: Sequence[Contender], min_sample_s: float, warmup_steps: int) -> None:
-    """A few untimed steps each, then the steps per sample so that a sample lasts ``min_sample_s``."""
+    """``warmup_steps`` (>= 1) untimed steps each; the last one sets the steps per sample so that a
+    sample lasts ``min_sample_s``."""
     for c in contenders:
-        for _ in range(warmup_steps):
+        dt = 0.0
+        for _ in range(max(1, warmup_steps)):
+            t0 = time.perf_counter()
             c.step()
-        t0 = time.perf_counter()
-        c.step()
-        dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0
         c.iters = max(1, math.ceil(min_sample_s / max(dt, 1e-6)))
 
 
@@ -422,7 +423,7 @@ def time_round_robin(contenders: Sequence[Contender], repeats: int, log: Callabl
 # ---------------------------------------------------------------------------------------------
 
 def run_group(names: Sequence[str], mode: str, setup: Setup, frameworks: Sequence[str], repeats: int,
-              min_sample_s: float = 1.0, warmup_steps: int = 2, log: Callable[[str], None] = print) -> list[dict]:
+              min_sample_s: float = 1.0, warmup_steps: int = 1, log: Callable[[str], None] = print) -> list[dict]:
     """Builds, warms up and times every (model in ``names``) x (framework) contender in ``mode``.
 
     Returns one row per contender (see :func:`rows_for`).
@@ -461,6 +462,7 @@ def run_group(names: Sequence[str], mode: str, setup: Setup, frameworks: Sequenc
 def rows_for(contenders: Sequence[Contender], setup: Setup, agreement: dict) -> list[dict]:
     """CSV rows: throughput, ratios to each PyTorch mode (jax rows), ECA overhead (ECA rows)."""
     med = {(c.model, c.framework): statistics.median(c.samples) for c in contenders}
+    best = {(c.model, c.framework): min(c.samples) for c in contenders}
     rows = []
     for c in contenders:
         t = med[(c.model, c.framework)]
@@ -471,11 +473,13 @@ def rows_for(contenders: Sequence[Contender], setup: Setup, agreement: dict) -> 
                    samples=len(c.samples), steps_per_sample=c.iters, images_per_s=setup.batch_size / t,
                    compile_s=c.compile_s, first_call_s=c.first_call_s, peak_mib=c.peak_mib, xla_mib=c.xla_mib,
                    speedup_vs_torch_eager=float("nan"), speedup_vs_torch_compile=float("nan"),
+                   best_speedup_vs_torch_eager=float("nan"), best_speedup_vs_torch_compile=float("nan"),
                    eca_overhead=float("nan"), rel_logit_diff=agreement.get(c.model, float("nan")))
         if c.framework == "jax":
             for fw in ("torch_eager", "torch_compile"):
                 if (c.model, fw) in med:
                     row[f"speedup_vs_{fw}"] = med[(c.model, fw)] / t
+                    row[f"best_speedup_vs_{fw}"] = best[(c.model, fw)] / min(c.samples)
         if plain and (plain, c.framework) in med:
             row["eca_overhead"] = t / med[(plain, c.framework)] - 1.0
         rows.append(row)
@@ -536,11 +540,11 @@ def markdown_report(rows: Sequence[dict], meta: dict) -> str:
              f"{meta['usable_cores']} of {meta['cores']} cores used ({meta['threads']} threads per framework); "
              f"{meta['versions']}  ",
              f"Batch {meta['batch_size']} at {meta['image_size']}x{meta['image_size']}, {meta['dtype']}; "
-             f"median of {meta['repeats']} interleaved samples; XLA flags: `{meta['xla_flags'] or 'default'}`; "
+             f"median of {meta['repeats']} interleaved samples (ratios: of medians, and of the fastest samples); XLA flags: `{meta['xla_flags'] or 'default'}`; "
              f"1-min load average before/after: {meta.get('load', 'n/a')}.",
              ""]
     head = ["model", "mode"] + [f"{names[f]} img/s" for f in fws]
-    head += [f"eca_jax / {names[f]}" for f in fws if f != "jax"]
+    head += [f"eca_jax / {names[f]} (best/best)" for f in fws if f != "jax"]
     head += ["compile s (" + ", ".join(names[f] for f in fws if f != "torch_eager") + ")",
              "peak MiB (" + ", ".join(names[f] for f in fws) + ")", "logit rel. diff"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -548,7 +552,8 @@ def markdown_report(rows: Sequence[dict], meta: dict) -> str:
         r = {fw: by.get((model, mode, fw)) for fw in fws}
         cells = [model, mode] + [_fmt(r[f]["images_per_s"], ".1f") if r[f] else "n/a" for f in fws]
         if r.get("jax"):
-            cells += [_fmt(r["jax"][f"speedup_vs_{f}"]) + "x" for f in fws if f != "jax"]
+            cells += [f"{_fmt(r['jax'][f'speedup_vs_{f}'])}x ({_fmt(r['jax'][f'best_speedup_vs_{f}'])}x)"
+                      for f in fws if f != "jax"]
         else:
             cells += ["n/a" for f in fws if f != "jax"]
         cells.append(", ".join(_fmt(r[f]["compile_s"], ".1f") if r[f] else "n/a" for f in fws if f != "torch_eager"))
@@ -601,7 +606,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per contender (median reported)")
     p.add_argument("--min-sample-s", type=float, default=1.0, help="a sample runs steps for at least this long")
-    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--warmup-steps", type=int, default=1, help="untimed steps after the first call")
     p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for --device gpu, off on CPU (inductor compiles for minutes on 2 cores)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
