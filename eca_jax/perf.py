@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+# No XLA:CPU flag set beat XLA's defaults on the benchmarks (jaxlib 0.10.2; experiments/PERFORMANCE.md
+# lists the ones tried), so "none" is the only preset; add measured ones here.
 PRESETS: dict[str, str] = {
     "none": "",
 }

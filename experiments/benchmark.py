@@ -669,7 +669,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         for group in groups_of(args.models):
             rows += run_group(group, mode, setup, frameworks, args.repeats, args.min_sample_s, args.warmup_steps)
     meta = machine_info(args.device)
-    meta.update(command="python experiments/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta.update(command=("python experiments/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
                 date=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), device=args.device, threads=threads,
                 batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype, repeats=args.repeats,
                 xla_flags=os.environ.get("XLA_FLAGS", "") if xla_flags or os.environ.get("XLA_FLAGS") else "",

@@ -6,7 +6,6 @@ release's fan-out normal conv init, and PyTorch's default Linear init for the cl
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import jax
