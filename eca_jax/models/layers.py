@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.models.conv_ops import conv_general_dilated
+from eca_jax.models.pool_ops import max_pool_shifted
 from eca_jax.nn.attention import torch_linear_init
+from eca_jax.nn.fused import BatchNormAct
 
 # Release init: Conv2d weight ~ N(0, sqrt(2 / (kh * kw * out_channels))) (fan-out; untruncated).
 conv_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -35,22 +37,31 @@ def conv2d(features: int, kernel: int, stride: int = 1, groups: int = 1, *, name
 
 
 def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
-               zero_init: bool = False) -> nn.BatchNorm:
+               zero_init: bool = False) -> BatchNormAct:
     """BatchNorm over the last axis; batch statistics in training, running averages otherwise.
+
+    The variables are ``nn.BatchNorm``'s; the call can fuse what follows the normalisation
+    (``residual=``, ``eca_kernel=``, ``act="relu"``): see :mod:`eca_jax.nn.fused`.
 
     Under ``jax.jit`` with a batch sharded over a mesh, the statistics are those of the GLOBAL
     batch (XLA inserts the all-reduce), unlike PyTorch DataParallel's per-GPU statistics.
     Note: Flax updates ``var`` with the biased batch variance; PyTorch's ``running_var`` uses the
     unbiased one (factor n / (n - 1)). Outputs in train and eval mode are unaffected.
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+    return BatchNormAct(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                         dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
                         name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """PyTorch MaxPool2d(3, stride=2, padding=1) (padding never wins: it is -inf)."""
+    """PyTorch MaxPool2d(3, stride=2, padding=1) on NHWC (padding never wins: it is -inf).
+
+    On the CPU backend :func:`max_pool_shifted` (same values, PyTorch's first-maximum gradient;
+    XLA:CPU runs the select-and-scatter backward of ``nn.max_pool`` ~5x slower); ``nn.max_pool`` elsewhere.
+    """
+    if jax.default_backend() == "cpu":
+        return max_pool_shifted(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 

@@ -59,16 +59,16 @@ class InvertedResidual(nn.Module):
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         index, y = 0, x
         if self.expand:
-            y = nn.relu6(norm(name="conv.0.1")(conv(self.hidden, 1, name="conv.0.0")(y)))
+            y = norm(name="conv.0.1")(conv(self.hidden, 1, name="conv.0.0")(y), act="relu6")
             index = 1
-        y = nn.relu6(norm(name=f"conv.{index}.1")(
-            conv(self.hidden, 3, self.stride, groups=self.hidden, name=f"conv.{index}.0")(y)))
-        y = norm(name=f"conv.{index + 2}")(conv(self.out_channels, 1, name=f"conv.{index + 1}")(y))
-        if self.eca_k is not None:
-            y = ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype)(y)
-        if self.stride == 1 and x.shape[-1] == self.out_channels:
-            y = x + y
-        return y
+        y = norm(name=f"conv.{index}.1")(
+            conv(self.hidden, 3, self.stride, groups=self.hidden, name=f"conv.{index}.0")(y), act="relu6")
+        z = conv(self.out_channels, 1, name=f"conv.{index + 1}")(y)
+        # ECA and the residual add fuse into the projection BatchNorm (eca_jax.nn.fused).
+        kernel = None if self.eca_k is None else \
+            ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype).kernel
+        residual = x if self.stride == 1 and x.shape[-1] == self.out_channels else None
+        return norm(name=f"conv.{index + 2}")(z, residual=residual, eca_kernel=kernel)
 
 
 class MobileNetV2(nn.Module):
@@ -113,7 +113,7 @@ class MobileNetV2(nn.Module):
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         in_channels = self._channels(32)
-        x = nn.relu6(norm(name="features.0.1")(conv(in_channels, 3, 2, name="features.0.0")(x.astype(self.dtype))))
+        x = norm(name="features.0.1")(conv(in_channels, 3, 2, name="features.0.0")(x.astype(self.dtype)), act="relu6")
         features, index = {}, 1
         for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
             out_channels = self._channels(c)
@@ -126,7 +126,7 @@ class MobileNetV2(nn.Module):
                 in_channels, index = out_channels, index + 1
         last = int(1280 * max(1.0, self.width_mult)) if self.layout == "release" \
             else make_divisible(1280 * max(1.0, self.width_mult))
-        x = nn.relu6(norm(name=f"features.{index}.1")(conv(last, 1, name=f"features.{index}.0")(x)))
+        x = norm(name=f"features.{index}.1")(conv(last, 1, name=f"features.{index}.0")(x), act="relu6")
         features[FEATURE_INDICES[index]] = x
         if return_features:
             return features

@@ -20,6 +20,7 @@ import flax.linen as nn
 from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
                                    global_pool, max_pool_3x3_s2)
 from eca_jax.nn.attention import make_attention
+from eca_jax.nn.eca import ECA
 from eca_jax.nn.checks import check_odd_kernel
 
 KSize = Union[None, int, str, Sequence[Optional[int]]]
@@ -68,23 +69,39 @@ class ResidualBlock(nn.Module):
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         out_channels = self.planes * EXPANSION[self.kind]
-        if self.kind == "bottleneck":
-            y = nn.relu(norm(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
-            y = nn.relu(norm(name="bn2")(conv(self.planes, 3, self.stride, name="conv2")(y)))
-            y = norm(name="bn3", zero_init=self.zero_init_last_bn)(conv(out_channels, 1, name="conv3")(y))
-        else:
-            y = nn.relu(norm(name="bn1")(conv(self.planes, 3, self.stride, name="conv1")(x)))
-            y = norm(name="bn2", zero_init=self.zero_init_last_bn)(conv(out_channels, 3, name="conv2")(y))
-        if self.attn is not None:
-            y = make_attention(self.attn, name=self.attn_name, dtype=self.dtype, param_dtype=self.param_dtype,
-                               **(self.attn_kwargs or {}))(y)
-        residual = x
+
+        # Shortcut modules are built here (a Flax module's parent is where it is constructed) but
+        # called after the main branch: PyTorch's module order (..., bn3, eca, downsample).
         if self.shortcut == "conv":
-            residual = norm(name="downsample.1")(conv(out_channels, 1, self.stride, name="downsample.0")(x))
+            shortcut_layers = (conv(out_channels, 1, self.stride, name="downsample.0"), norm(name="downsample.1"))
         elif self.shortcut == "avg":
-            pooled = avg_pool_2x2_ceil(x) if self.stride > 1 else x
-            residual = norm(name="downsample.2")(conv(out_channels, 1, name="downsample.1")(pooled))
-        return nn.relu(y + residual)
+            shortcut_layers = (avg_pool_2x2_ceil if self.stride > 1 else (lambda v: v),
+                               conv(out_channels, 1, name="downsample.1"), norm(name="downsample.2"))
+        else:
+            shortcut_layers = ()
+
+        def shortcut() -> jax.Array:
+            out = x
+            for layer in shortcut_layers:
+                out = layer(out)
+            return out
+
+        if self.kind == "bottleneck":
+            y = norm(name="bn1")(conv(self.planes, 1, name="conv1")(x), act="relu")
+            y = norm(name="bn2")(conv(self.planes, 3, self.stride, name="conv2")(y), act="relu")
+            z, last_bn = conv(out_channels, 1, name="conv3")(y), "bn3"
+        else:
+            y = norm(name="bn1")(conv(self.planes, 3, self.stride, name="conv1")(x), act="relu")
+            z, last_bn = conv(out_channels, 3, name="conv2")(y), "bn2"
+        last_norm = norm(name=last_bn, zero_init=self.zero_init_last_bn)
+        attn = make_attention(self.attn, name=self.attn_name, dtype=self.dtype, param_dtype=self.param_dtype,
+                              **(self.attn_kwargs or {})) if self.attn is not None else None
+        if attn is None:
+            return last_norm(z, residual=shortcut, act="relu")
+        if isinstance(attn, ECA):   # ECA and CECA: the gate fuses into the BatchNorm (eca_jax.nn.fused)
+            return last_norm(z, residual=shortcut, eca_kernel=attn.kernel, act="relu", eca_padding=attn.padding)
+        y = attn(last_norm(z))
+        return nn.relu(y + shortcut())
 
 
 class ResNet(nn.Module):
@@ -134,13 +151,13 @@ class ResNet(nn.Module):
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         if self.stem == "conv7":
-            return max_pool_3x3_s2(nn.relu(norm(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x))))
+            return max_pool_3x3_s2(norm(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x), act="relu"))
         if self.stem == "conv3":
-            return nn.relu(norm(name="bn1")(conv(self.stem_width, 3, 1, name="conv1")(x)))
+            return norm(name="bn1")(conv(self.stem_width, 3, 1, name="conv1")(x), act="relu")
         first = 3 * self.stem_width // 4 if self.stem == "deep_tiered" else self.stem_width
-        x = nn.relu(norm(name="conv1.1")(conv(first, 3, 2, name="conv1.0")(x)))
-        x = nn.relu(norm(name="conv1.4")(conv(self.stem_width, 3, 1, name="conv1.3")(x)))
-        x = nn.relu(norm(name="bn1")(conv(2 * self.stem_width, 3, 1, name="conv1.6")(x)))
+        x = norm(name="conv1.1")(conv(first, 3, 2, name="conv1.0")(x), act="relu")
+        x = norm(name="conv1.4")(conv(self.stem_width, 3, 1, name="conv1.3")(x), act="relu")
+        x = norm(name="bn1")(conv(2 * self.stem_width, 3, 1, name="conv1.6")(x), act="relu")
         return max_pool_3x3_s2(x)
 
     def _stage_attn_kwargs(self, k: Optional[int]) -> dict:

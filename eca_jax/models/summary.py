@@ -58,10 +58,8 @@ def _layer_macs(module: nn.Module, args: tuple, out: Any) -> int:
     if not args:
         return 0
     x = args[0]
-    if isinstance(module, (ECA, ECANS)):
-        channels = x.shape[-1]
-        k = module.kernel_size_for(channels) if isinstance(module, ECA) else (module.k_size or 0)
-        return x.shape[0] * channels * k
+    if isinstance(module, ECANS):
+        return x.shape[0] * x.shape[-1] * (module.k_size or 0)
     if isinstance(module, SEGC):
         return x.shape[0] * x.shape[-1] ** 2 // module.groups
     return 0
@@ -74,11 +72,16 @@ def summarize(model: nn.Module, input_size: int = 224, name: str = "", in_chans:
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
+        module = context.module
         if context.method_name == "__call__":
-            module = context.module
             if isinstance(module, _ATTENTION_TYPES):
                 attention_paths.append(tuple(module.path))
             macs[0] += _layer_macs(module, args, out)
+        elif context.method_name == "kernel" and isinstance(module, ECA):
+            # ECA's kernel is fetched once per call, also when the gate is fused into a BatchNorm
+            # (eca_jax.nn.fused): the gate's k MACs per channel of the one image are counted here.
+            attention_paths.append(tuple(module.path))
+            macs[0] += args[0] * module.kernel_size_for(args[0])
         return out
 
     def init():

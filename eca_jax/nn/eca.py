@@ -64,8 +64,8 @@ def channel_conv1d(y: jax.Array, kernel: jax.Array, padding: str = "zero") -> ja
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-    """Mean over the spatial axes of ``(N, *spatial, C)`` -> ``(N, C)``, accumulated in float32."""
-    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), dtype=jnp.float32)
+    """Mean over the spatial axes of ``(N, *spatial, C)`` -> ``(N, C)``, accumulated in float32 (or wider)."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), dtype=jnp.promote_types(x.dtype, jnp.float32))
 
 
 def apply_gate(x: jax.Array, gate_logits: jax.Array) -> jax.Array:
@@ -77,7 +77,8 @@ def apply_gate(x: jax.Array, gate_logits: jax.Array) -> jax.Array:
 def eca_gate(x: jax.Array, kernel: jax.Array, padding: str = "zero") -> jax.Array:
     """Pure-function ECA: ``x`` (N, *spatial, C), ``kernel`` (k,) or (k, 1, 1) -> same shape as x."""
     checks.check_feature_map(x, "eca_gate")
-    return apply_gate(x, channel_conv1d(global_avg_pool(x), kernel.astype(jnp.float32), padding))
+    pooled = global_avg_pool(x)                     # float32 (or wider)
+    return apply_gate(x, channel_conv1d(pooled, kernel.astype(pooled.dtype), padding))
 
 
 def torch_default_conv1d_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
@@ -125,13 +126,19 @@ class ECA(nn.Module):
         return self.k_size
 
     @nn.compact
+    def kernel(self, channels: int) -> jax.Array:
+        """This layer's (k, 1, 1) kernel for ``channels`` input channels (created on first use).
+
+        For fusing the gate into another op, e.g. ``eca_jax.nn.fused.batch_norm_act``.
+        """
+        checks.check_padding(self.padding)
+        k = self.kernel_size_for(channels)
+        checks.check_odd_kernel(k)
+        return Conv1dKernel(k, self.param_dtype, name="conv")()
+
     def __call__(self, x: jax.Array) -> jax.Array:
         checks.check_feature_map(x, type(self).__name__)
-        checks.check_padding(self.padding)
-        k = self.kernel_size_for(x.shape[-1])
-        checks.check_odd_kernel(k)
-        kernel = Conv1dKernel(k, self.param_dtype, name="conv")()
-        return eca_gate(x, kernel, self.padding)
+        return eca_gate(x, self.kernel(x.shape[-1]), self.padding)
 
 
 def CECA(k_size: Optional[int] = None, **kwargs: Any) -> ECA:
