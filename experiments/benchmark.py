@@ -25,6 +25,12 @@ includes compilation, is excluded). JAX also reports XLA's own buffer assignment
 outputs + temporaries of the compiled step). GPU -- ``torch.cuda.max_memory_allocated`` and the
 XLA buffer assignment.
 
+Memory allocator: by default the script restarts itself under ``eca_jax.perf.MALLOC_TUNABLES``
+(glibc keeps freed memory in one heap on transparent huge pages; ``--malloc default`` leaves glibc
+alone); both frameworks run in that one process. With glibc's defaults XLA:CPU re-faults the
+temporaries of every step page by page, ~0.5 s of kernel time per ResNet-50 training step
+(eca_jax.perf, experiments/PERFORMANCE.md).
+
 Threads: PyTorch uses ``torch.set_num_threads(--threads)``; XLA:CPU uses one intra-op thread per
 CPU the process may run on, so ``--threads`` (default: all CPUs) pins the process to that many
 CPUs (``os.sched_setaffinity``) before jax starts, which gives both frameworks the same cores.
@@ -184,6 +190,7 @@ class Contender:
     peak_mib: float = float("nan")
     xla_mib: float = float("nan")        # jax only: XLA buffer assignment of the compiled step
     logits: Any = None                   # inference output of the warm-up (for the agreement check)
+    compiled: Any = None                 # jax only: the compiled executable (profile_step.py reads its HLO)
     samples: list = dataclasses.field(default_factory=list)
     iters: int = 1
 
@@ -243,6 +250,7 @@ def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, 
         compiled = fn.lower(variables, x).compile()
         c.compile_s = time.perf_counter() - t0
         c.xla_mib = _xla_mib(compiled)
+        c.compiled = compiled
         c.step = lambda: compiled(variables, x).block_until_ready()
     else:
         tx = optax.sgd(setup.lr, momentum=0.9)
@@ -264,6 +272,7 @@ def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, 
         compiled = fn.lower(*state, x, y).compile()
         c.compile_s = time.perf_counter() - t0
         c.xla_mib = _xla_mib(compiled)
+        c.compiled = compiled
 
         def step():
             *new_state, loss = compiled(*state, x, y)
@@ -541,6 +550,7 @@ def markdown_report(rows: Sequence[dict], meta: dict) -> str:
              f"{meta['versions']}  ",
              f"Batch {meta['batch_size']} at {meta['image_size']}x{meta['image_size']}, {meta['dtype']}; "
              f"median of {meta['repeats']} interleaved samples (ratios: of medians, and of the fastest samples); XLA flags: `{meta['xla_flags'] or 'default'}`; "
+             f"malloc (both frameworks): `{meta.get('malloc', 'glibc defaults')}`; "
              f"1-min load average before/after: {meta.get('load', 'n/a')}.",
              ""]
     head = ["model", "mode"] + [f"{names[f]} img/s" for f in fws]
@@ -604,8 +614,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: eca_jax dtype=bfloat16 (float32 params), torch autocast bfloat16")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--repeats", type=int, default=5, help="timed samples per contender (median reported)")
-    p.add_argument("--min-sample-s", type=float, default=1.0, help="a sample runs steps for at least this long")
+    p.add_argument("--repeats", type=int, default=7, help="timed samples per contender (median reported)")
+    p.add_argument("--min-sample-s", type=float, default=2.0, help="a sample runs steps for at least this long")
     p.add_argument("--warmup-steps", type=int, default=1, help="untimed steps after the first call")
     p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for --device gpu, off on CPU (inductor compiles for minutes on 2 cores)")
@@ -613,6 +623,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="PyTorch memory format; auto: channels_last on GPU, NCHW (PyTorch's default) on CPU")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for both frameworks (default: all CPUs the process may use)")
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="retain: restart under eca_jax.perf.MALLOC_TUNABLES (glibc keeps freed memory, on huge "
+                        "pages; both frameworks) unless GLIBC_TUNABLES is already set; default: glibc's defaults")
     p.add_argument("--xla-preset", default="none", help="named XLA flag set of eca_jax.perf (none = XLA defaults)")
     p.add_argument("--xla-flags", default="", help="extra XLA flags, appended to XLA_FLAGS before jax starts")
     p.add_argument("--out-dir", default=RESULTS_DIR)
@@ -673,6 +686,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                 date=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), device=args.device, threads=threads,
                 batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype, repeats=args.repeats,
                 xla_flags=os.environ.get("XLA_FLAGS", "") if xla_flags or os.environ.get("XLA_FLAGS") else "",
+                malloc=os.environ.get("GLIBC_TUNABLES", "") or "glibc defaults",
                 load=f"{load_before:.1f} / {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a")
     report = markdown_report(rows, meta)
     print("\n" + report)
@@ -684,4 +698,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    if parse_args().malloc == "retain":
+        from eca_jax import perf
+        perf.reexec_with_malloc_tunables()
     main()
