@@ -130,48 +130,15 @@ DEFAULT_MODELS = {"cpu": "eca_resnet50,resnet50,eca_mobilenet_v2,mobilenet_v2",
 # Weights: PyTorch state dict -> Flax variables (paths joined with "." are the state-dict keys)
 # ---------------------------------------------------------------------------------------------
 
-_LEAF_TO_TORCH = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
-                  ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
-
-
-def _to_flax_layout(value, target_shape: tuple, key: str):
-    """OIHW conv -> HWIO, (out, in) linear -> (in, out), Conv1d (1, 1, k) -> (k, 1, 1)."""
-    import numpy as np
-    a = value.detach().cpu().float().numpy()
-    if a.ndim == 4:
-        a = a.transpose(2, 3, 1, 0)
-    elif a.ndim == 3:
-        a = a.transpose(2, 1, 0)
-    elif a.ndim == 2:
-        a = a.T
-    if tuple(a.shape) != tuple(target_shape):
-        raise ValueError(f"weight {key}: PyTorch shape {tuple(value.shape)} does not map to Flax shape "
-                         f"{tuple(target_shape)}: the two architectures differ")
-    return np.ascontiguousarray(a)
-
-
 def torch_to_flax_variables(torch_model, flax_shapes: dict) -> dict:
-    """Flax ``{"params", "batch_stats"}`` holding ``torch_model``'s weights.
+    """Flax ``{"params", "batch_stats"}`` holding ``torch_model``'s weights (eca_jax.convert's mapping).
 
-    ``flax_shapes`` is the (abstract) variable tree of the Flax model. Every Flax leaf must have a
-    PyTorch counterpart and every PyTorch parameter/statistic must be used (else ValueError).
+    ``flax_shapes`` is the (abstract) variable tree of the Flax model. Strict: a missing,
+    unexpected or mis-shaped key raises ``ConversionError`` (a ValueError) naming it.
     """
-    import jax.numpy as jnp
-    from flax import traverse_util
-    state = {k: v for k, v in torch_model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    flat = traverse_util.flatten_dict(flax_shapes)
-    out, used = {}, set()
-    for path, leaf in flat.items():
-        suffix = _LEAF_TO_TORCH.get((path[0], path[-1]))
-        key = ".".join(path[1:-1] + (suffix,)) if suffix else None
-        if key not in state:
-            raise ValueError(f"Flax variable {'/'.join(path)} has no PyTorch counterpart (looked for {key!r})")
-        out[path] = jnp.asarray(_to_flax_layout(state[key], leaf.shape, key))
-        used.add(key)
-    unused = sorted(set(state) - used)
-    if unused:
-        raise ValueError(f"PyTorch weights without a Flax counterpart: {unused[:5]} ...")
-    return traverse_util.unflatten_dict(out)
+    from eca_jax.convert.mapping import flax_from_state_dict
+    state = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
+    return flax_from_state_dict(state, flax_shapes, what="the benchmark's eca_jax model")
 
 
 # ---------------------------------------------------------------------------------------------

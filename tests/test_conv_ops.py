@@ -49,6 +49,13 @@ def test_depthwise_matches_xla(k, stride, hw):
     _check(x, w, stride, ((k // 2, k // 2),) * 2, groups=c)
 
 
+@pytest.mark.parametrize("k,stride,hw", [(3, 1, (2, 2)), (3, 2, (2, 2)), (3, 1, (1, 1)), (3, 1, (2, 5)), (5, 1, (3, 4))])
+def test_small_input_conv_matches_xla(k, stride, hw):
+    """Inputs smaller than the kernel (YNNPACK declines them): im2col + dot."""
+    x, w = _inputs((3,) + hw + (6,), (k, k, 6, 5), seed=k * 10 + stride)
+    _check(x, w, stride, ((k // 2, k // 2),) * 2)
+
+
 def test_depthwise_kernel_grad_formulations_agree():
     """The row-slice kernel gradient equals the per-tap-window one (the experiment switch)."""
     x, w = _inputs((2, 9, 7, 3), (3, 3, 1, 3), seed=3)

@@ -7,6 +7,9 @@ experiments/PERFORMANCE.md) showed three slow paths, replaced here:
   axis (3-25 GFLOP/s, plus transposes) -> :func:`pointwise_conv`, a matrix product with a custom VJP;
 * depthwise convs: XLA's grouped convolution runs at 0.3-0.6 GFLOP/s -> :func:`depthwise_conv_shifted`,
   kh*kw shifted multiply-adds fused into one loop, with a custom VJP (CPU backend only);
+* dense convs whose input is smaller than the kernel (e.g. ResNet-50's 3x3 convs on the 2x2 maps
+  of a 64x64 image): YNNPACK declines them and XLA's fallback runs at ~1 GFLOP/s (66 ms for one
+  8x2x2x512 conv) -> :func:`small_input_conv`, im2col + one matrix product (0.6 ms);
 * everything else (3x3, 7x7 dense convs) stays with XLA (YNNPACK, at ~90% of peak on this CPU).
 
 Layouts: NHWC activations, HWIO kernels. :func:`conv_general_dilated` has the signature of
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 POINTWISE_AS_DOT = True
 DEPTHWISE_SHIFTED = True
 DEPTHWISE_ROWS_GRAD = True
+SMALL_INPUT_IM2COL = True
 
 
 def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
@@ -171,6 +175,21 @@ def _pointwise_bwd(strides, precision, residuals, dy):
 pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+def small_input_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                     padding: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> jax.Array:
+    """Dense conv of ``x`` (N, H, W, C_in) with ``kernel`` (kh, kw, C_in, C_out) as im2col + one dot.
+
+    For inputs smaller than the kernel, where the patch matrix (N, Ho, Wo, kh*kw*C_in) is tiny.
+    Cross-correlation with explicit zero ``padding`` and ``strides``; autodiff gives the gradients.
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+    out_hw = _depthwise_out_hw(x.shape, kernel.shape, strides, padding)
+    patches = jnp.concatenate([w for _, _, w in _shifted_windows(xp, kh, kw, out_hw, strides)], axis=-1)
+    return jax.lax.dot_general(patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())),
+                               precision=precision)
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None
@@ -182,6 +201,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       convolution with the batch as its feature axis, at a few GFLOP/s; as a dot it runs at GEMM speed.
     * depthwise convs (kernel (kh, kw, 1, C), ``feature_group_count == C``) -> shifted
       multiply-adds (:func:`depthwise_conv_shifted`), on the CPU backend only (GPUs keep cuDNN's).
+    * dense convs on inputs smaller than the kernel -> im2col + dot (:func:`small_input_conv`), on
+      the CPU backend only (YNNPACK declines them; XLA's fallback is ~100x slower).
     Everything else goes to XLA unchanged. Injected into ``nn.Conv(conv_general_dilated=...)``;
     results equal XLA's convolution up to float rounding of the sums.
     """
@@ -193,6 +214,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     if plain and DEPTHWISE_SHIFTED and jax.default_backend() == "cpu" and feature_group_count > 1 and rhs.shape[2] == 1 \
             and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
         return depthwise_conv_shifted(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+    if plain and SMALL_INPUT_IM2COL and jax.default_backend() == "cpu" and feature_group_count == 1 \
+            and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]):
+        return small_input_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, precision=precision)
