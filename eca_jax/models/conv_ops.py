@@ -38,7 +38,7 @@ def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
         and tuple(dn.out_spec) == (0, 3, 1, 2)
 
 
-def _shifted_windows(xp: jax.Array, kh: int, kw: int, out_hw: tuple[int, int], strides: Sequence[int]):
+def shifted_windows(xp: jax.Array, kh: int, kw: int, out_hw: tuple[int, int], strides: Sequence[int]):
     """Yields (i, j, window): the (N, Ho, Wo, C) input pixels that tap (i, j) of a kernel sees."""
     n, _, _, c = xp.shape
     (ho, wo), (sh, sw) = out_hw, strides
@@ -58,13 +58,14 @@ def _shifted_sum(xp: jax.Array, taps: jax.Array, out_hw: tuple[int, int], stride
     (or wider) and returns xp's dtype."""
     acc = _acc_dtype(xp.dtype)
     out = None
-    for i, j, window in _shifted_windows(xp, taps.shape[0], taps.shape[1], out_hw, strides):
+    for i, j, window in shifted_windows(xp, taps.shape[0], taps.shape[1], out_hw, strides):
         term = window.astype(acc) * taps[i, j].astype(acc)
         out = term if out is None else out + term
     return out.astype(xp.dtype)
 
 
-def _depthwise_out_hw(x_shape: tuple, k_shape: tuple, strides: Sequence[int], padding) -> tuple[int, int]:
+def conv_out_hw(x_shape: tuple, k_shape: tuple, strides: Sequence[int], padding) -> tuple[int, int]:
+    """(Ho, Wo) of a window of k_shape[:2] over NHWC x_shape with explicit padding (floor formula)."""
     (pt, pb), (pl, pr) = padding
     return ((x_shape[1] + pt + pb - k_shape[0]) // strides[0] + 1,
             (x_shape[2] + pl + pr - k_shape[1]) // strides[1] + 1)
@@ -88,7 +89,7 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
 def _depthwise_fwd(x, kernel, strides, padding):
     kh, kw, _, c = kernel.shape
     xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-    out_hw = _depthwise_out_hw(x.shape, kernel.shape, strides, padding)
+    out_hw = conv_out_hw(x.shape, kernel.shape, strides, padding)
     return _shifted_sum(xp, kernel.reshape(kh, kw, c), out_hw, strides), (x, kernel)
 
 
@@ -110,7 +111,7 @@ def _depthwise_bwd(strides, padding, residuals, dy):
     acc = _acc_dtype(x.dtype)
     dk = _depthwise_kernel_grad(xp, dy, kh, kw, strides) if DEPTHWISE_ROWS_GRAD else \
         jnp.stack([jnp.sum(window.astype(acc) * dy.astype(acc), axis=(0, 1, 2)) for _, _, window in
-                   _shifted_windows(xp, kh, kw, (ho, wo), strides)])
+                   shifted_windows(xp, kh, kw, (ho, wo), strides)])
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -184,8 +185,8 @@ def small_input_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     """
     kh, kw, c_in, c_out = kernel.shape
     xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-    out_hw = _depthwise_out_hw(x.shape, kernel.shape, strides, padding)
-    patches = jnp.concatenate([w for _, _, w in _shifted_windows(xp, kh, kw, out_hw, strides)], axis=-1)
+    out_hw = conv_out_hw(x.shape, kernel.shape, strides, padding)
+    patches = jnp.concatenate([w for _, _, w in shifted_windows(xp, kh, kw, out_hw, strides)], axis=-1)
     return jax.lax.dot_general(patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())),
                                precision=precision)
 

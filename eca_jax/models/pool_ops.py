@@ -26,14 +26,14 @@ from typing import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
+from eca_jax.models.conv_ops import conv_out_hw, shifted_windows
+
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _out_hw(h: int, w: int, window: Sequence[int], strides: Sequence[int], padding: Padding) -> tuple[int, int]:
     """Output size (floor formula, like ``reduce_window`` and PyTorch's ``ceil_mode=False``)."""
-    (pt, pb), (pl, pr) = padding
-    ho = (h + pt + pb - window[0]) // strides[0] + 1
-    wo = (w + pl + pr - window[1]) // strides[1] + 1
+    ho, wo = conv_out_hw((1, h, w, 1), tuple(window), strides, padding)
     if ho < 1 or wo < 1:
         raise ValueError(f"max pool: window {tuple(window)} with padding {padding} does not fit an {h}x{w} input")
     return ho, wo
@@ -41,13 +41,8 @@ def _out_hw(h: int, w: int, window: Sequence[int], strides: Sequence[int], paddi
 
 def _windows(xp: jax.Array, window: Sequence[int], strides: Sequence[int], out_hw: tuple[int, int]
              ) -> Iterator[jax.Array]:
-    """The (N, Ho, Wo, C) strided slices of the padded input ``xp`` (N, Hp, Wp, C) that the window taps
-    see, in row-major tap order."""
-    n, _, _, c = xp.shape
-    (ho, wo), (sh, sw) = out_hw, strides
-    for i in range(window[0]):
-        for j in range(window[1]):
-            yield jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+    """The (N, Ho, Wo, C) strided slices of the padded input ``xp`` that the window taps see, row-major."""
+    return (win for _, _, win in shifted_windows(xp, window[0], window[1], out_hw, strides))
 
 
 def _max_of_windows(xp: jax.Array, window: Sequence[int], strides: Sequence[int], out_hw: tuple[int, int]

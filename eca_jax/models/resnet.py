@@ -95,7 +95,7 @@ class ResidualBlock(nn.Module):
             z, last_bn = conv(out_channels, 3, name="conv2")(y), "bn2"
         last_norm = norm(name=last_bn, zero_init=self.zero_init_last_bn)
         attn = make_attention(self.attn, name=self.attn_name, dtype=self.dtype, param_dtype=self.param_dtype,
-                              **(self.attn_kwargs or {})) if self.attn is not None else None
+                              **(self.attn_kwargs or {}))   # None when self.attn is None
         if attn is None:
             return last_norm(z, residual=shortcut, act="relu")
         if isinstance(attn, ECA):   # ECA and CECA: the gate fuses into the BatchNorm (eca_jax.nn.fused)
