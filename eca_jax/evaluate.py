@@ -30,7 +30,11 @@ _RESIZE = flags.DEFINE_integer("resize_size", None, "Override the eval resize si
 def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = None,
                         overrides: dict[str, Any] | None = None,
                         data_module: Any = None) -> dict[str, Any]:
-    """Metrics of the checkpoint at ``path`` (workdir, checkpoints dir or step dir)."""
+    """Metrics of the checkpoint at ``path`` (workdir, checkpoints dir or step dir).
+
+    Paths (``path``, ``data_dir``/``manual_dir`` overrides) may be relative to the current
+    directory. Raises FileNotFoundError (no such checkpoint), CheckpointReadError (a ValueError:
+    corrupt metadata, or ``best`` without recorded eval metrics)."""
     import jax  # noqa: PLC0415
 
     from eca_jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
@@ -51,6 +55,9 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
             "eval_resize_size", "batch_size", "eval_batch_size")
     chosen = {k: saved[k] for k in keep if k in saved}
     chosen.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in ("data_dir", "manual_dir"):  # relative to the current directory
+        if chosen.get(key):
+            chosen[key] = ckpt_lib.absolute_path(chosen[key])
     config = make_config(**chosen)
     mesh = shd.make_mesh(-1, 1)
     batch = config.eval_batch_size or config.batch_size

@@ -31,16 +31,23 @@ from eca_jax.models import create_model, get_model_cfg
 from torch_reference import TORCH_MODELS, build, random_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOL_EVAL, TOL_TRAIN = 1e-4, 1e-3
+# Bounds on relative errors (AMD EPYC). Float32 eval logits (PARITY): TOL_EVAL, the project's
+# parity bound (README's table: up to 9.3e-7). The others ~10x the worst measured. Float32 train
+# mode (TRAIN_CASES: logits, running mean, running var): up to 1.8e-5 (eca_mobilenet_v2 logits;
+# README: 2.3e-5). Float64 input gradient: 5.5e-7 (eca_resnet18), 5.7e-7 (ecaresnet26t), not
+# ~1e-15: the classifier and its pooling compute in float32 by design.
+TOL_EVAL, TOL_TRAIN, TOL_GRAD64 = 1e-4, 2e-4, 5e-6
 WORST: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles():
-    """Compile without XLA's heavy optimizations (results are the same; compiles are much shorter)."""
+    """Compile without XLA's heavy optimizations (compiles are much shorter; tests/test_parity_optimized.py
+    measures parity under the default compile). Restores the session's setting afterwards."""
+    previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", previous)
     if os.environ.get("ECA_CONVERT_REPORT"):
         with open(os.environ["ECA_CONVERT_REPORT"], "w") as f:
             json.dump(WORST, f, indent=1, sort_keys=True)
@@ -218,7 +225,7 @@ def test_train_mode_and_input_gradient_match_pytorch(name, size, kwargs, check_g
         grad = jax.jit(jax.grad(loss))(jnp.asarray(nhwc, jnp.float64), variables64)
         errs["input_grad"] = relative_error(np.asarray(grad).transpose(0, 3, 1, 2), x64.grad.numpy())
     _record(f"{name} train input_grad float64", errs["input_grad"])
-    assert all(e < TOL_TRAIN for e in errs.values()), errs
+    assert errs["input_grad"] < TOL_GRAD64, errs
     assert np.linalg.norm(x64.grad.numpy()) > 0
 
 
@@ -389,8 +396,10 @@ def r18_release(tmp_path_factory):
 def test_truncated_and_corrupt_files(r18_release, tmp_path, capsys):
     _, good = r18_release
     data = good.read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     cases = {"truncated.pth.tar": data[: len(data) // 2], "garbage.pth": b"not a checkpoint " * 20,
-             "empty.bin": b""}
+             "empty.bin": b"", "random.pth": noise,
+             "random_pickle.pth": b"\x80\x02" + noise}   # passes the header check, fails in torch.load
     from safetensors.numpy import save_file
     save_file({"conv1.weight": np.ones((64, 3, 7, 7), np.float32)}, tmp_path / "x.safetensors")
     cases["truncated.safetensors"] = (tmp_path / "x.safetensors").read_bytes()[:-100]
@@ -402,7 +411,9 @@ def test_truncated_and_corrupt_files(r18_release, tmp_path, capsys):
         dst = tmp_path / f"out_{fname}"
         assert cli([str(src), str(dst)]) == 1
         assert _nothing_at(dst)
-        assert "truncated" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "truncated" in err and len(err.strip().splitlines()) == 1, err
+        assert "file an issue" not in err and "WeightsUnpickler" not in err, err   # torch's own text
 
 
 class _Payload:

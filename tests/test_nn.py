@@ -130,13 +130,87 @@ def test_eca_any_number_of_spatial_axes(shape):
     np.testing.assert_allclose(np.asarray(enn.eca_gate(x, jnp.asarray(taps))), want, rtol=1e-5, atol=1e-6)
 
 
-def test_eca_bfloat16_keeps_dtype_and_is_close():
-    x = random_x((2, 4, 4, 32))
-    taps = jnp.asarray([0.4, -0.2, 0.9])
-    out = enn.eca_gate(jnp.asarray(x, jnp.bfloat16), taps)
-    assert out.dtype == jnp.bfloat16
-    ref = np.asarray(enn.eca_gate(x, taps))
-    np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2e-2, atol=2e-2)
+# ---------------------------------------------------------------- bf16: the gate accumulates in float32
+BF16_U = 2.0 ** -8                  # bf16 unit roundoff (8 significant bits)
+CANCEL_TAPS = np.array([-1.0, 2.0, -1.0]) * 2 ** 10   # sum 0: a common offset of the channels cancels
+
+
+def bf16_cancellation_input(shape=(2, 64, 64, 16), seed=0):
+    """bf16-exact x (as float32): 1.0, except a fraction p[n, c] < 0.45 of the pixels at 1 + 2**-7.
+
+    1 + 2**-7 is bf16's next value after 1, so the spatial mean 1 + p * 2**-7 falls between two
+    bf16 values and rounds to 1.0 (for every channel) in bf16: the differences between channels,
+    all the zero-sum CANCEL_TAPS see (-> logits in about [-6, 6]; the two edge channels, zero
+    padded, saturate), survive only a float32 (or wider) pooling and 1-D conv.
+    """
+    rng = np.random.default_rng(seed)
+    n, c = shape[0], shape[-1]
+    p = rng.uniform(0.0, 0.45, (n, c))
+    x = np.where(rng.uniform(size=shape) < p[:, None, None, :], 1 + 2 ** -7, 1.0).astype(np.float32)
+    assert np.array_equal(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), x)
+    return x
+
+
+def reference_gate(u, taps):
+    """float64 ECA on float64 ``u``: u * sigmoid(conv1d(mean_{H,W} u)), zero padding."""
+    u = np.asarray(u, np.float64)
+    return gate(u, np_shared_conv1d(np_gap(u), np.asarray(taps, np.float64), False))
+
+
+def max_relative_error(got, want):
+    """Largest elementwise |got - want| / |want| (``want`` has no zeros here)."""
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want) / np.abs(want)))
+
+
+def peak_relative_error(got, want):
+    """Largest |got - want| over the largest |want| (for outputs that cross zero)."""
+    got = np.asarray(got, np.float64)
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def test_eca_bfloat16_pooling_and_conv_accumulate_in_float32():
+    """bf16 in, bf16 out, and within two bf16 roundings (the gate, then x * gate) of float64.
+
+    Measured 5.1e-3 = 1.3u (AMD EPYC); bound 2u = 7.8e-3. The same gate with its pooled vector or
+    its 1-D conv held in bf16 (what the bound must catch) is off by 2.0e2 (20,000%), ~5e4 u.
+    """
+    x = bf16_cancellation_input()
+    xb, taps = jnp.asarray(x, jnp.bfloat16), jnp.asarray(CANCEL_TAPS, jnp.float32)
+    want = reference_gate(x, CANCEL_TAPS)
+    got = enn.eca_gate(xb, taps)
+    assert got.dtype == jnp.bfloat16
+    assert max_relative_error(got, want) < 2 * BF16_U
+    layer = enn.ECA(k_size=3).apply({"params": {"conv": {"kernel": taps.reshape(3, 1, 1)}}}, xb)
+    assert max_relative_error(layer, want) < 2 * BF16_U
+    # The test can fail: pooling into bf16, or a bf16 conv, loses every channel difference.
+    pooled_bf16 = jnp.mean(xb, axis=(1, 2))                                        # a bf16 mean
+    assert max_relative_error(enn.apply_gate(xb, enn.channel_conv1d(pooled_bf16.astype(jnp.float32), taps)),
+                              want) > 100 * BF16_U
+    conv_bf16 = enn.channel_conv1d(enn.global_avg_pool(xb).astype(jnp.bfloat16), taps.astype(jnp.bfloat16))
+    assert max_relative_error(enn.apply_gate(xb, conv_bf16), want) > 100 * BF16_U
+
+
+def test_fused_batch_norm_gate_bfloat16_accumulates_in_float32():
+    """The fused BatchNorm + ECA op (what the models run) on the same bf16 input, both modes.
+
+    Bound 2u = 7.8e-3 for both. Eval (given statistics 0 / 1, one bf16 rounding of the output):
+    measured 3.4e-3 = 0.9u (AMD EPYC). Train (batch statistics): measured 3.2e-3 = 0.8u of the
+    largest output (outputs cross zero here).
+    """
+    from eca_jax.nn.fused import batch_norm_act, batch_norm_act_inference
+    x = bf16_cancellation_input(seed=1)
+    xb, channels, eps = jnp.asarray(x, jnp.bfloat16), x.shape[-1], 1e-5
+    ones, zeros = jnp.ones(channels), jnp.zeros(channels)
+    got = batch_norm_act_inference(xb, ones, zeros, zeros, ones, kernel=jnp.asarray(CANCEL_TAPS, jnp.float32))
+    assert got.dtype == jnp.bfloat16
+    assert max_relative_error(got, reference_gate(x / np.sqrt(1 + eps), CANCEL_TAPS)) < 2 * BF16_U
+    # Train: BN itself removes the per-channel mean; the gate then sees (spatial mean - batch mean) / std.
+    taps = CANCEL_TAPS / 2 ** 7                                                    # logits in about [-6, 6]
+    got = batch_norm_act(xb, ones, zeros, None, jnp.asarray(taps, jnp.float32))[0]
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    want = reference_gate((x64 - mean) / np.sqrt(var + eps), taps)
+    assert peak_relative_error(got, want) < 2 * BF16_U
 
 
 @pytest.mark.parametrize("k", [0, 2, 4, -3])

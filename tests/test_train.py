@@ -1,5 +1,6 @@
-"""Tests of eca_jax.train: sharding equivalences, multi-process, preemption, the release's SGD,
-learning on digits, and bad input. CPU, 8 fake devices (conftest), tiny models and images.
+"""Tests of eca_jax.train: sharding equivalences, multi-process, preemption, learning on digits,
+and bad input (the optimizer, schedules and train-step numerics: tests/test_optim.py). CPU,
+8 fake devices (conftest), tiny models and images.
 
 Runs that need their own process (2 processes, kills) go through tests/train_worker.py on the
 synthetic data of tests/train_helpers.py; all of them are compared with one uninterrupted
@@ -19,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import linen as nn
 from flax import traverse_util
 
@@ -373,7 +373,7 @@ def test_init_from_mismatch_and_head_reset(reference, tmp_path):
         assert rel_err(new, body) == 0.0
 
 
-# ----------------------------------------------------------------------------- the release's SGD
+# ------------------------------------------- accumulation, BN groups (SGD: tests/test_optim.py)
 
 class _TinyFlax(nn.Module):
     """conv3x3 - BN - ReLU - ECA(k=3) - mean - fc, built from the library's layers."""
@@ -383,64 +383,6 @@ class _TinyFlax(nn.Module):
         x = nn.relu(batch_norm(train, name="bn1")(conv2d(6, 3, name="conv1")(x)))
         x = enn.ECA(k_size=3, name="eca")(x)
         return classifier(5, 6, name="fc")(x.mean(axis=(1, 2)))
-
-
-class _TinyTorch(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)
-        self.bn1 = torch.nn.BatchNorm2d(6)
-        self.eca = torch.nn.Conv1d(1, 1, 3, padding=1, bias=False)
-        self.fc = torch.nn.Linear(6, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        gate = torch.sigmoid(self.eca(x.mean(dim=(2, 3)).unsqueeze(1))).squeeze(1)
-        return self.fc((x * gate[:, :, None, None]).mean(dim=(2, 3)))
-
-
-def _torch_to_flax(m: _TinyTorch):
-    t = lambda p: p.detach().numpy().copy()  # noqa: E731
-    return {"conv1": {"kernel": t(m.conv1.weight).transpose(2, 3, 1, 0)},
-            "bn1": {"scale": t(m.bn1.weight), "bias": t(m.bn1.bias)},
-            "eca": {"conv": {"kernel": t(m.eca.weight).reshape(3, 1, 1)}},
-            "fc": {"kernel": t(m.fc.weight).T, "bias": t(m.fc.bias)}}
-
-
-def test_sgd_matches_torch_sgd_momentum_weight_decay():
-    """Three steps of our release recipe == torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4)
-    (coupled decay on every parameter, incl. BN and biases). Parameters are compared; BN running
-    variances are not: PyTorch keeps the unbiased batch variance, Flax the biased one."""
-    torch.manual_seed(0)
-    tm = _TinyTorch()
-    with torch.no_grad():
-        tm.bn1.weight.uniform_(0.5, 1.5)
-        tm.bn1.bias.normal_(0, 0.1)
-        tm.eca.weight.normal_(0, 0.5)
-    config = make_config(total_steps=3, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
-                         schedule="constant")
-    tx, _ = make_optimizer(config, steps_per_epoch=10, total_steps=3)
-    model = _TinyFlax()
-    state = init_state(make_init_fn(model, tx, (1, 8, 8, 3)), jax.random.PRNGKey(0), None)
-    state = state.replace(params=jax.tree.map(jnp.asarray, _torch_to_flax(tm)),
-                          opt_state=tx.init(jax.tree.map(jnp.asarray, _torch_to_flax(tm))))
-    step = jax.jit(make_train_step(model.apply, tx, 0.0, 1))
-    opt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    tm.train()
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
-        y = rng.integers(0, 5, size=8).astype(np.int32)
-        state, metrics = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(x.transpose(0, 3, 1, 2))),
-                                                 torch.from_numpy(y).long())
-        loss.backward()
-        opt.step()
-        assert abs(float(metrics["loss"]) - loss.item()) < 1e-4
-        assert rel_err(jax.device_get(state.params), _torch_to_flax(tm)) < 1e-4
-    np.testing.assert_allclose(state.batch_stats["bn1"]["mean"], tm.bn1.running_mean.numpy(),
-                               rtol=1e-4, atol=1e-6)
 
 
 def test_grad_accumulation_equals_the_full_batch():

@@ -1,6 +1,7 @@
 """Independent PyTorch reference models for the eca_jax tests (CPU, float32, NCHW).
 
-Written from the facts in ``shared/reference/ECA.md`` and the state-dict key listings beside it;
+Written from the facts of the project's reference notes (ECA.md) and the state-dict key listings
+copied into ``tests/reference/``;
 no code of the ECA-Net release, timm or torchvision is used (torchvision is not even installed).
 The only contract with those projects is the ``state_dict()`` layout: every model here produces
 exactly the keys (in the same order) and shapes of the corresponding published checkpoint, so the
@@ -23,7 +24,6 @@ Public API: :func:`build`, :data:`TORCH_MODELS`, :func:`randomize_`, :func:`rand
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -531,17 +531,14 @@ def random_images(n: int, size: int | tuple[int, int], seed: int = 0) -> torch.T
 
 
 def reference_dir() -> Path:
-    """Folder of the ``*_state_dict.tsv`` listings: $ECA_REFERENCE_DIR, else tests/reference/
-    (in-repo copy), else the shared ../shared/reference beside the checkout."""
-    env = os.environ.get("ECA_REFERENCE_DIR")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent
-    candidates += [here / "reference", here.parents[1] / "shared" / "reference"]
-    for c in candidates:
-        if any(c.glob("*_state_dict.tsv")):
-            return c
-    raise FileNotFoundError("no *_state_dict.tsv listings in any of "
-                            + ", ".join(str(c) for c in candidates))
+    """Folder of the ``*_state_dict.tsv`` listings: tests/reference/ inside the checkout.
+
+    Each file's header names its source. Nothing outside the repository is read.
+    """
+    folder = Path(__file__).resolve().parent / "reference"
+    if not any(folder.glob("*_state_dict.tsv")):
+        raise FileNotFoundError(f"no *_state_dict.tsv listings in {folder}")
+    return folder
 
 
 def read_state_dict_tsv(path: str | Path) -> dict[str, tuple[int, ...]]:

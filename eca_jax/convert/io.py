@@ -81,32 +81,56 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
 
 
+ZIP_MAGIC = b"PK\x03\x04"   # torch.save's default format since PyTorch 1.6: a zip archive
+PICKLE_PROTO = 0x80          # the legacy format: a pickle, which opens with PROTO and a version
+PICKLE_VERSIONS = range(2, 6)   # pickle protocols 2..5
+
+
+def _torch_file_kind(path: str) -> str:
+    """"zip" or "pickle" from the first bytes of ``path``; raises if it can be neither."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UnreadableCheckpointError(f"Cannot read {path}: {e.strerror or e}.") from None
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if len(head) >= 2 and head[0] == PICKLE_PROTO and head[1] in PICKLE_VERSIONS:
+        return "pickle"
+    what = "an empty file" if not head else f"a file starting with {head!r}"
+    raise UnreadableCheckpointError(
+        f"Cannot read {path}: not a PyTorch checkpoint (torch.save writes a zip archive or a "
+        f"pickle; this is {what}), or it is truncated/corrupt.")
+
+
 def _read_pickle(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors of our own.
+
+    torch's messages for a damaged file are long and ask the reader to file an issue with
+    PyTorch; they are summarised here (the exception type is kept for debugging).
+    """
     try:
         import torch  # noqa: PLC0415
     except ImportError:
         raise ConversionError(f"Reading {path} needs PyTorch (torch.load); install torch or convert the "
                               "file to .safetensors first.") from None
     import pickle  # noqa: PLC0415
+    kind = _torch_file_kind(path)
+    damaged = (f"Cannot read {path}: a {'zip archive' if kind == 'zip' else 'pickle'} but not a "
+               "readable PyTorch checkpoint (truncated/corrupt")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
         if refused is not None:   # a class, function or callable: the only way a pickle runs code
             refused = refused.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
             raise UnsafePickleError(
                 f"Refusing {path}: torch.load(weights_only=True) refused it because its pickle holds code, "
                 f"not only tensors ({refused}). Only plain state dicts convert; nothing in the file was run. "
                 "If you trust the file, re-save its state_dict with torch.save(model.state_dict(), ...).") from None
-        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line or "error" in line.lower()),
-                      text.splitlines()[0] if text else "")
-        raise UnreadableCheckpointError(f"Cannot read {path}: not a PyTorch checkpoint, or truncated/corrupt "
-                                        f"(pickle: {detail}).") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
-        raise UnreadableCheckpointError(
-            f"Cannot read {path}: not a PyTorch checkpoint, or truncated/corrupt "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+        raise UnreadableCheckpointError(f"{damaged}; the unpickler stopped on an invalid opcode).") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError, TypeError) as e:
+        raise UnreadableCheckpointError(f"{damaged}; {type(e).__name__} in torch.load).") from None
 
 
 def _unwrap(obj: Any, where: str) -> tuple[Mapping[str, Any], dict]:

@@ -16,6 +16,8 @@ Stable API (the trainer's ``init_from`` uses it):
 - :func:`load_converted` (``DST`` -> NumPy variables, signature {"model", "num_classes", "model_kwargs"}).
 - :func:`is_converted_dir`.
 
+Paths may be relative to the current directory (orbax itself only takes absolute ones).
+
 Writing goes to ``DST.tmp-XXXX`` beside ``DST`` and is renamed to ``DST`` only when complete
 (``os.replace``), so a failed or killed conversion leaves nothing at ``DST``.
 """
@@ -36,6 +38,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from eca_jax.convert.mapping import ConversionError
+from eca_jax.train.checkpoint import absolute_path
 
 METADATA_FILE = "eca_jax_convert.json"
 VARIABLES_DIR = "variables"
@@ -115,21 +118,33 @@ def save(dst: PathLike, variables: Mapping[str, Any], metadata: Mapping[str, Any
 
 
 def read_metadata(path: PathLike) -> dict:
-    """The metadata JSON of a converted directory (ConversionError if it is not one)."""
-    path = os.fspath(path)
+    """The metadata JSON of a converted directory (ConversionError if it is not one, or if the
+    JSON is corrupt)."""
+    path = absolute_path(path)
     if not is_converted_dir(path):
         raise ConversionError(f"{path} is not a directory written by eca_jax.convert (no {METADATA_FILE}).")
-    with open(os.path.join(path, METADATA_FILE)) as f:
-        meta = json.load(f)
+    file = os.path.join(path, METADATA_FILE)
+    with open(file) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{file}: corrupt metadata, not valid JSON ({e}).") from None
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{file}: corrupt metadata, expected a JSON object, found {type(meta).__name__}.")
     if meta.get("format") != FORMAT:
         raise ConversionError(f"{path}: unknown converted-checkpoint format {meta.get('format')!r} "
                               f"(this eca_jax reads {FORMAT!r}).")
     return meta
 
 
-def _restore(path: str) -> dict:
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(os.path.join(path, VARIABLES_DIR))
+def _restore(path: PathLike) -> dict:
+    """The stored {"params", "batch_stats"} of the converted directory ``path`` (NumPy)."""
+    directory = os.path.join(absolute_path(path), VARIABLES_DIR)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(directory)
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types; name the directory
+        raise ConversionError(f"{directory}: cannot read the converted variables ({type(e).__name__}: {e}).") from None
     return {"params": restored.get("params", {}), "batch_stats": restored.get("batch_stats", {})}
 
 
@@ -140,7 +155,7 @@ def load_converted(path: PathLike) -> tuple[dict, dict]:
     """
     meta = read_metadata(path)
     signature = {"model": meta["arch"], "num_classes": meta["num_classes"], "model_kwargs": meta.get("model_kwargs", {})}
-    return _restore(os.fspath(path)), signature
+    return _restore(path), signature
 
 
 def model_from_metadata(meta: Mapping[str, Any]) -> nn.Module:
@@ -159,7 +174,7 @@ def load(path: PathLike) -> tuple[nn.Module, dict, dict]:
     from eca_jax.convert.arch import abstract_variables  # noqa: PLC0415
     meta = read_metadata(path)
     module = model_from_metadata(meta)
-    variables = _restore(os.fspath(path))
+    variables = _restore(path)
     abstract, _ = abstract_variables(module, getattr(module, "in_chans", 3))
     want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract).items()}
     got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables).items()}
@@ -187,8 +202,9 @@ def load_any(path: PathLike, arch: Optional[str] = None) -> tuple[nn.Module, dic
     ``path``: a directory written by ``eca_jax.convert``; a training workdir, its ``checkpoints``
     directory or one step (through the trainer's ``init_from.load``); or a PyTorch file
     (``.pth.tar``/``.pth``/``.pt``/``.bin``/``.safetensors``, through ``from_torch`` with ``arch``).
+    Relative paths are taken from the current directory.
     """
-    path = os.fspath(path)
+    path = absolute_path(path)
     if is_converted_dir(path):
         module, variables, meta = load(path)
         return module, variables, meta["arch"]

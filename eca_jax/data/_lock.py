@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from typing import Iterator
+
+from eca_jax._lock import file_lock, is_remote
 
 
 @contextlib.contextmanager
 def prepare_lock(data_dir: str, name: str) -> Iterator[None]:
     """Holds an exclusive lock on ``<data_dir>/.<name>.lock`` (no-op for remote paths such as gs://)."""
     data_dir = os.fspath(data_dir)
-    if "://" in data_dir:  # fcntl cannot lock object stores: prepare those once, beforehand.
+    if is_remote(data_dir):  # fcntl cannot lock object stores: prepare those once, beforehand.
         yield
         return
-    os.makedirs(data_dir, exist_ok=True)
-    with open(os.path.join(data_dir, f".{name}.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(os.path.join(data_dir, f".{name}.lock")):
+        yield

@@ -54,8 +54,10 @@ class DatasetInfo:
 
 
 def default_data_dir() -> str:
-    """``$ECA_JAX_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.path.expanduser(os.environ.get("ECA_JAX_DATA_DIR") or "~/tensorflow_datasets")
+    """``$ECA_JAX_DATA_DIR`` or ``~/tensorflow_datasets``, absolute (a relative value is taken from
+    the current directory once, so a later ``chdir`` does not move it); ``gs://``-style URLs as given."""
+    path = os.path.expanduser(os.environ.get("ECA_JAX_DATA_DIR") or "~/tensorflow_datasets")
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _base_name(name: str) -> str:

@@ -14,7 +14,12 @@ Features: ``image`` uint8 (8, 8, 3) PNG, ``label`` ClassLabel "0".."9", ``index`
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import sys
+from typing import Iterator
 
 import numpy as np
 
@@ -52,6 +57,40 @@ def is_prepared(data_dir: str) -> bool:
     return os.path.exists(os.path.join(dataset_dir(data_dir), "dataset_info.json"))
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose unformatted message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _quiet_tfds_writer() -> Iterator[None]:
+    """Silences what tfds prints while it writes a local, generated dataset.
+
+    tfds announces "Downloading and preparing dataset Unknown size" on stdout (nothing is
+    downloaded here), warns that the folder it is about to create has no dataset_info.json, and
+    draws tqdm bars that become escape codes in a log file. One line of our own replaces them.
+    Errors still propagate.
+    """
+    import tensorflow_datasets as tfds
+
+    drop = _DropMessages(("Variant folder",))
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(drop)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        absl_logger.removeFilter(drop)
+
+
 def prepare_digits(data_dir: str) -> str:
     """Writes the digits as a tfds dataset into ``data_dir`` unless already there; returns its directory.
 
@@ -79,16 +118,20 @@ def prepare_digits(data_dir: str) -> str:
                 for i in range(len(a["label"])):
                     yield i, {"image": a["image"][i], "label": int(a["label"][i]), "index": int(a["index"][i])}
 
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=NAME,
-                version=VERSION,
-                features=features,
-                split_datasets={split: examples(split) for split in ("train", "test")},
-                data_dir=data_dir,
-                description=(
-                    "scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits test set), grey 0..16 "
-                    "scaled to uint8 0..255 and repeated to RGB; seeded split 1,437 train / 360 test."),
-                homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
-                disable_shuffling=True,
-            )
+            print(f"Writing scikit-learn's digits as a tfds dataset to {dataset_dir(data_dir)} "
+                  "(once; nothing is downloaded)", file=sys.stderr, flush=True)
+            with _quiet_tfds_writer():
+                tfds.dataset_builders.store_as_tfds_dataset(
+                    name=NAME,
+                    version=VERSION,
+                    features=features,
+                    split_datasets={split: examples(split) for split in ("train", "test")},
+                    data_dir=data_dir,
+                    description=(
+                        "scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits test set), grey 0..16 "
+                        "scaled to uint8 0..255 and repeated to RGB; seeded split 1,437 train / 360 test."),
+                    homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+                    disable_shuffling=True,
+                )
     return dataset_dir(data_dir)
+

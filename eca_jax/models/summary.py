@@ -59,7 +59,9 @@ def _layer_macs(module: nn.Module, args: tuple, out: Any) -> int:
         return 0
     x = args[0]
     if isinstance(module, ECANS):
-        return x.shape[0] * x.shape[-1] * (module.k_size or 0)
+        # k from the (C, k) kernel the layer created: k_size is None when k is adaptive (Eq. 12).
+        taps = module.get_variable("params", "kernel").shape[-1]
+        return x.shape[0] * x.shape[-1] * taps
     if isinstance(module, SEGC):
         return x.shape[0] * x.shape[-1] ** 2 // module.groups
     return 0

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from eca_jax.train.config import check_override_flags, validate_config
+from eca_jax.train.config import check_config_file, check_override_flags, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. experiments/configs/digits.py (override: --config.k=v).",
@@ -46,11 +46,13 @@ def main(argv: list[str]) -> None:
     except (KeyError, ValueError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
     _maybe_initialize_distributed()
-    from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError  # noqa
+    from eca_jax.train.checkpoint import (CheckpointMismatchError, CheckpointReadError,  # noqa
+                                          CheckpointSaveError, WorkdirInUseError)
     from eca_jax.train.loop import train_and_evaluate  # noqa: PLC0415
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (CheckpointMismatchError, CheckpointSaveError) as e:
+    except (CheckpointMismatchError, CheckpointReadError, CheckpointSaveError, WorkdirInUseError,
+            FileNotFoundError) as e:  # one line naming the problem, no traceback
         sys.exit(f"error: {e}")
     import jax  # noqa: PLC0415
     if jax.process_index() == 0:
@@ -59,8 +61,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     try:
+        check_config_file(sys.argv[1:])
         check_override_flags(sys.argv[1:])
-    except KeyError as e:
+    except (FileNotFoundError, KeyError) as e:
         sys.exit(f"error: {e.args[0]}")
     app.run(main)
 

@@ -12,19 +12,27 @@ directory, which the next run ignores and deletes (``cleanup_tmp_directories``).
 
 Restoring takes the abstract train state with the *current* mesh's shardings, so a checkpoint
 written on N devices restores onto M devices or another mesh shape.
+
+Paths: orbax only accepts absolute paths, so every reader here resolves the path it is given
+against the current directory first (:func:`absolute_path`; URLs such as ``gs://`` stay as they
+are). One trainer per workdir: :func:`workdir_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+import shutil
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from eca_jax._lock import LockHeldError, file_lock, is_remote
 
 CHECKPOINT_DIRNAME = "checkpoints"
 SIGNATURE_KEYS = ("model", "num_classes", "model_kwargs")
@@ -48,6 +56,45 @@ class CheckpointSaveError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another model (name, number of classes or architecture kwargs)."""
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint cannot be used as asked: corrupt metadata, no eval metrics for ``best``."""
+
+
+class WorkdirInUseError(RuntimeError):
+    """Another live training process holds the workdir's lock."""
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """``path`` ("~" expanded) made absolute against the current directory; URLs such as
+    ``gs://bucket/dir`` are returned unchanged. orbax refuses relative paths."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _lock_name() -> str:
+    """One lock file per process index: the processes of one multi-process run share the
+    workdir, each locks its own file, and each conflicts with the same index of another run."""
+    return f".train.process_{jax.process_index()}.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Holds the workdir for this training process; raises WorkdirInUseError if another live
+    process holds it. A crashed or killed holder releases it (flock). No-op for URLs (gs://)."""
+    workdir = absolute_path(workdir)
+    if is_remote(workdir):
+        yield
+        return
+    try:
+        with file_lock(os.path.join(workdir, _lock_name()), blocking=False):
+            yield
+    except LockHeldError as e:
+        pid = f"pid {e.holder_pid}" if e.holder_pid else "pid unknown"
+        raise WorkdirInUseError(
+            f"workdir {workdir} is in use by another training process ({pid}); wait for it to "
+            "finish or stop it, or pass another --workdir.") from None
 
 
 def _top1(metrics: Mapping[str, Any]) -> float:
@@ -94,8 +141,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, signature: Mapping[str, Any], *, keep: int = 3,
                  keep_best: bool = True, async_save: bool = True):
-        self.directory = epath.Path(workdir) / CHECKPOINT_DIRNAME
+        self.directory = epath.Path(absolute_path(workdir)) / CHECKPOINT_DIRNAME
         self.signature = normalize(signature)
+        self._discard_root_without_steps()
         existing = read_root_signature(self.directory)
         if existing is not None:
             check_signature(existing, self.signature, f"Workdir {workdir}",
@@ -155,11 +203,24 @@ class Checkpointer:
         self.manager.close()
 
     def close_quietly(self) -> None:
-        """close() that never raises (used on error paths, where the first error matters)."""
-        try:
-            self.manager.close()
-        except Exception:  # noqa: BLE001
-            pass
+        """close() that never raises (used on error paths, where the first error matters).
+
+        A run that committed no step (e.g. ``init_from`` failed) leaves no ``checkpoints`` dir."""
+        for cleanup in (self.manager.close, self._discard_root_without_steps):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _discard_root_without_steps(self) -> None:
+        """Removes orbax's root ``metadata`` (and the then empty checkpoints dir) when no step is
+        committed: it would pin the workdir to a model that never saved anything. Process 0 only."""
+        if jax.process_index() != 0 or committed_steps(self.directory):
+            return
+        if (self.directory / "metadata").is_dir():
+            shutil.rmtree(os.fspath(self.directory / "metadata"), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()  # only if empty: tmp dirs of a killed first save stay
 
 
 # The helpers below read orbax's on-disk layout with plain file reads (no CheckpointManager):
@@ -179,29 +240,37 @@ def committed_steps(root: str | os.PathLike) -> list[int]:
 
 
 def _read_json(path: epath.Path) -> dict[str, Any]:
+    """The JSON object in ``path``, {} if the file does not exist; CheckpointReadError if corrupt."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointReadError(f"Corrupt checkpoint metadata {path}: not valid JSON ({e}).") from None
+    if not isinstance(value, dict):
+        raise CheckpointReadError(
+            f"Corrupt checkpoint metadata {path}: expected a JSON object, found {type(value).__name__}.")
+    return value
 
 
 def read_root_signature(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The signature stored in a checkpoints directory (None if it has no checkpoints)."""
-    directory = epath.Path(directory)
+    """The signature stored in a checkpoints directory (None if it has no committed step)."""
+    directory = epath.Path(absolute_path(directory))
     steps = committed_steps(directory)
+    if not steps:
+        return None
     found = dict(_read_json(directory / "metadata" / "_ROOT_METADATA").get("custom_metadata") or {})
-    if not found.get("model") and steps:
-        found = step_signature(directory / str(steps[-1]))
-    return found if found.get("model") or steps else None
+    return found if found.get("model") else step_signature(directory / str(steps[-1]))
 
 
 def best_committed_step(root: str | os.PathLike) -> int | None:
-    """The committed step with the highest eval top-1 (saved metrics), else the latest."""
-    root = epath.Path(root)
-    steps = committed_steps(root)
-    scored = [(float(m["top1"]), s) for s in steps
+    """The committed step with the highest eval top-1 (saved metrics); None if none has metrics."""
+    root = epath.Path(absolute_path(root))
+    scored = [(float(m["top1"]), s) for s in committed_steps(root)
               if "top1" in (m := _read_json(root / str(s) / "metrics" / "metrics"))]
-    return max(scored)[1] if scored else (steps[-1] if steps else None)
+    return max(scored)[1] if scored else None
 
 
 def resolve_step_dir(path: str | os.PathLike, *, best: bool = False,
@@ -209,9 +278,10 @@ def resolve_step_dir(path: str | os.PathLike, *, best: bool = False,
     """The step directory for a workdir, a checkpoints directory or a step directory.
 
     For a workdir / checkpoints directory: the given ``step``, else the best (``best=True``,
-    by eval top-1) or the latest committed step.
+    by eval top-1; CheckpointReadError if no step has eval metrics) or the latest committed step.
+    Relative paths are taken from the current directory; the result is absolute.
     """
-    path = epath.Path(path)
+    path = epath.Path(absolute_path(path))
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint path {path} does not exist.")
     if (path / "state").exists() and (path / _STEP_METADATA).exists():
@@ -220,8 +290,14 @@ def resolve_step_dir(path: str | os.PathLike, *, best: bool = False,
     steps = committed_steps(root)
     if not steps:
         raise FileNotFoundError(f"No committed checkpoint under {root}.")
-    if step is None:
-        step = best_committed_step(root) if best else steps[-1]
+    if step is None and best:
+        step = best_committed_step(root)
+        if step is None:
+            raise CheckpointReadError(
+                f"No eval metrics recorded in {root}, so there is no best checkpoint; pass --step "
+                f"(one of {steps}) or drop --best to use the latest.")
+    elif step is None:
+        step = steps[-1]
     elif step not in steps:
         raise FileNotFoundError(f"No checkpoint for step {step} under {root}; have {steps}.")
     return root / str(step)
@@ -229,19 +305,33 @@ def resolve_step_dir(path: str | os.PathLike, *, best: bool = False,
 
 def step_signature(step_dir: epath.Path) -> dict[str, Any]:
     """The custom metadata (signature + config) of one step directory."""
-    return dict(_read_json(epath.Path(step_dir) / _STEP_METADATA).get("custom_metadata") or {})
+    path = epath.Path(absolute_path(step_dir)) / _STEP_METADATA
+    return dict(_read_json(path).get("custom_metadata") or {})
 
 
-def variables_shapes(step_dir: epath.Path) -> dict[str, Any]:
+def _state_tree_metadata(step_dir: str | os.PathLike) -> dict[str, Any]:
+    """The saved train state's tree of array metadata (shape, dtype), without reading arrays.
+
+    Asks the item's handler: a Checkpointer would also look for a step-level
+    ``_CHECKPOINT_METADATA`` inside the item directory (it is one level up) and warn."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(epath.Path(absolute_path(step_dir)) / "state").tree
+    finally:
+        handler.close()
+
+
+def variables_shapes(step_dir: str | os.PathLike) -> dict[str, Any]:
     """{"params": ..., "batch_stats": ...} as trees of shapes, read from the metadata only."""
-    tree = ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree
+    tree = _state_tree_metadata(step_dir)
     return {k: jax.tree.map(lambda a: tuple(a.shape), tree.get(k) or {})
             for k in ("params", "batch_stats")}
 
 
-def load_variables(step_dir: epath.Path) -> dict[str, Any]:
+def load_variables(step_dir: str | os.PathLike) -> dict[str, Any]:
     """{"params", "batch_stats"} of a step as host numpy arrays (the optimizer state is skipped)."""
-    tree = ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree
+    step_dir = epath.Path(absolute_path(step_dir))
+    tree = _state_tree_metadata(step_dir)
     target = {k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree[k])
               for k in ("params", "batch_stats") if k in tree}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)

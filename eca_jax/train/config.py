@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from typing import Any, Iterable, Mapping
 
 import ml_collections
@@ -146,6 +147,32 @@ def check_override_flags(argv: Iterable[str], flag: str = "config") -> None:
         key = arg[len(flag) + 3:].split("=", 1)[0]
         if key not in valid and not key.startswith(free):
             raise unknown_key_error(key, valid)
+
+
+def config_file_arg(argv: Iterable[str], flag: str = "config") -> str | None:
+    """The file named by ``--config FILE`` or ``--config=FILE[:arg]`` in ``argv``, else None."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == f"--{flag}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"--{flag}="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        return value.split(":", 1)[0]  # ml_collections passes "FILE:ARG" to get_config(ARG)
+    return None
+
+
+def check_config_file(argv: Iterable[str], flag: str = "config") -> None:
+    """Raises a one-line FileNotFoundError if ``--config`` names a file that does not exist.
+
+    ml_collections would raise it too, but inside absl's flag parser, as two chained tracebacks.
+    """
+    path = config_file_arg(argv, flag)
+    if path is not None and not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        raise FileNotFoundError(f"config file {path!r} not found{where}; "
+                                "e.g. --config experiments/configs/digits.py")
 
 
 def _check_choice(config, key: str, choices: tuple[str, ...]) -> None:

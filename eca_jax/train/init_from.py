@@ -19,35 +19,30 @@ import numpy as np
 from flax import traverse_util
 
 from eca_jax.train import checkpoint as ckpt_lib
-from eca_jax.train.checkpoint import CheckpointMismatchError
+from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointReadError
 
 
 def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(tree)).items()}
 
 
-def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({"params", "batch_stats"} as numpy, signature dict) of the checkpoint at ``path``."""
-    converted = _load_converted(path)
-    if converted is not None:
-        return converted
+def load(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({"params", "batch_stats"} as numpy, signature dict) of the checkpoint at ``path``.
+
+    ``path`` (relative to the current directory, or absolute): a directory written by
+    ``eca_jax.convert``, a training workdir, its checkpoints directory or one step directory.
+    """
+    from eca_jax.convert import store  # noqa: PLC0415 -- lazy: the converter imports this package
+    from eca_jax.convert.mapping import ConversionError  # noqa: PLC0415
+
+    path = ckpt_lib.absolute_path(path)
+    if store.is_converted_dir(path):
+        try:
+            return store.load_converted(path)
+        except ConversionError as e:
+            raise CheckpointReadError(f"init_from={path}: {e}") from None
     step_dir = ckpt_lib.resolve_step_dir(path)
     return ckpt_lib.load_variables(step_dir), ckpt_lib.step_signature(step_dir)
-
-
-def _load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A directory written by eca_jax.convert, if ``path`` is one (else None)."""
-    try:
-        from eca_jax import convert  # noqa: PLC0415 -- optional; written by the converter issue
-    except ImportError:
-        return None
-    loader = getattr(convert, "load_converted", None)
-    if loader is None or not os.path.isdir(path):
-        return None
-    is_converted = getattr(convert, "is_converted_dir", None)
-    if is_converted is not None and not is_converted(path):
-        return None
-    return loader(path)
 
 
 def head_paths(make_shapes: Callable[[int], Mapping[str, Any]], num_classes: int) -> set[str]:

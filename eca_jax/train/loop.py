@@ -233,6 +233,16 @@ def _train_loop(run: _Run, ckpt: ckpt_lib.Checkpointer, state: TrainState, start
     return result
 
 
+def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose user paths (init_from, data_dir, manual_dir) are absolute, so
+    they mean the same from any directory (the config is stored with every checkpoint)."""
+    config = config.copy_and_resolve_references()
+    for key in ("init_from", "data_dir", "manual_dir"):
+        if config.get(key):
+            config[key] = ckpt_lib.absolute_path(config[key])
+    return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        data_module: Any = None) -> dict[str, Any]:
     """Trains (or resumes) in ``workdir``; returns the final metrics.
@@ -240,24 +250,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Returns a dict with step, train_loss, eval_{loss,top1,top5}, num_examples, wall_s,
     preempted (True when stopped by SIGTERM after saving), plot (the PNG's path). Raises
     CheckpointMismatchError (workdir / init_from of another model), CheckpointSaveError (a
-    save failed; earlier checkpoints stay usable), ValueError/KeyError (bad config).
+    save failed; earlier checkpoints stay usable), WorkdirInUseError (another live trainer uses
+    ``workdir``), ValueError/KeyError (bad config).
     ``data_module``: anything with the ``eca_jax.data`` API (default: eca_jax.data).
     """
     t_start = time.perf_counter()
     validate_config(config)
     if data_module is None:
         from eca_jax import data as data_module  # noqa: PLC0415
-    workdir = os.path.abspath(workdir)
+    workdir = ckpt_lib.absolute_path(workdir)
+    config = _with_absolute_paths(config)
     os.makedirs(workdir, exist_ok=True)
-    run = _setup(config, workdir, data_module)
-    ckpt = ckpt_lib.Checkpointer(workdir, signature(config, run.model.num_classes),
-                                 keep=config.keep_checkpoints, keep_best=config.keep_best,
-                                 async_save=config.async_checkpointing)
-    try:
-        state, start_step, data_state = _restore_or_init(run, ckpt)
-        result = _train_loop(run, ckpt, state, start_step, data_state, t_start)
-    finally:
-        ckpt.close_quietly()
+    with ckpt_lib.workdir_lock(workdir):  # WorkdirInUseError while another trainer runs there
+        run = _setup(config, workdir, data_module)
+        ckpt = ckpt_lib.Checkpointer(workdir, signature(config, run.model.num_classes),
+                                     keep=config.keep_checkpoints, keep_best=config.keep_best,
+                                     async_save=config.async_checkpointing)
+        try:
+            state, start_step, data_state = _restore_or_init(run, ckpt)
+            result = _train_loop(run, ckpt, state, start_step, data_state, t_start)
+        finally:
+            ckpt.close_quietly()
     result["wall_s"] = time.perf_counter() - t_start
     if jax.process_index() == 0 and not result["preempted"]:
         result["plot"] = reporting.plot_curves(

@@ -12,9 +12,13 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """step: int32 () optimizer updates done (micro-steps when grad_accum_steps > 1 are inside
-    opt_state); params / batch_stats: the model's variable collections (float32);
-    opt_state: the optax state; rng: uint32 (2,) base key (per-step keys are fold_in(rng, step))."""
+    """step: int32 () train_step calls done, i.e. micro-steps: optimizer updates times
+    grad_accum_steps (equal to the updates when grad_accum_steps is 1). The loop's step, the
+    checkpoint numbers, the logs and the learning-rate schedule count optimizer updates (the
+    schedule through the optimizer's own count in opt_state; optax.MultiSteps keeps the
+    micro-step position there). params / batch_stats: the model's variable collections
+    (float32); opt_state: the optax state; rng: uint32 (2,) base key (each micro-step's key is
+    fold_in(rng, step), so every micro-batch gets its own dropout key)."""
     step: jax.Array
     params: Any
     batch_stats: Any
