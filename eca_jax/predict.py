@@ -5,9 +5,11 @@
     python -m eca_jax.predict cat.jpg --checkpoint workdir/ --labels classes.txt   # a fine-tuned run
     python -m eca_jax.predict cat.jpg --checkpoint ckpt/ecaresnet50d --json
 
-Preprocessing is the eval transform of the model's config (``eca_jax.data.preprocess_for_eval``:
-resize the shorter side to floor(size / crop_pct), center crop, the config's interpolation and
-mean/std); ``--image-size`` overrides the size. Class names: ImageNet's 1,000 names from tfds'
+Preprocessing is the eval transform of the model's config (``eca_jax.data.preprocess_for_eval``
+with ``eca_jax.data.transforms.resolve_eval_settings``): the size its weights are evaluated at
+(``test_input_size``, else ``input_size``), the shorter side resized to floor(size / crop) with
+the crop that goes with that size (``test_crop_pct`` at the test size, else ``crop_pct``), center
+crop, the config's interpolation and mean/std; ``--image-size`` overrides the size. Class names: ImageNet's 1,000 names from tfds'
 metadata (offline) for 1000-class models, ``--labels`` (one name per line) otherwise.
 """
 from __future__ import annotations
@@ -36,16 +38,19 @@ def class_names(num_classes: int, labels: Optional[str] = None) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def load_images(paths: Sequence[str], image_size: int, crop_pct: float, interpolation: str,
-                mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Files -> float32 (N, image_size, image_size, 3), the model config's eval preprocessing."""
+def load_images(paths: Sequence[str], image_size: int, crop_pct: Optional[float], interpolation: str,
+                mean: Sequence[float], std: Sequence[float], *, resize_size: Optional[int] = None) -> np.ndarray:
+    """Files -> float32 (N, image_size, image_size, 3), the model config's eval preprocessing.
+
+    The shorter side is resized to ``resize_size`` if given, else ``floor(image_size / crop_pct)``."""
     from eca_jax.data import preprocess_for_eval  # noqa: PLC0415
     images = []
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such image file.")
         with open(path, "rb") as f:
-            images.append(preprocess_for_eval(f.read(), image_size, None, crop_pct=crop_pct,
+            images.append(preprocess_for_eval(f.read(), image_size, resize_size,
+                                              crop_pct=None if resize_size is not None else crop_pct,
                                               interpolation=interpolation, mean=mean, std=std, name=path))
     return np.stack(images)
 
@@ -69,18 +74,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="a directory written by eca_jax.convert, a training workdir / step, or a PyTorch file")
     parser.add_argument("--arch", help="force the architecture of a PyTorch file (default: inferred)")
     parser.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
-    parser.add_argument("--image-size", type=int, help="input size (default: the model config's input_size)")
+    parser.add_argument("--image-size", type=int,
+                        help="input size (default: the model config's test_input_size, else input_size)")
     parser.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     from eca_jax.convert import ConversionError, load_any  # noqa: PLC0415
+    from eca_jax.data.transforms import resolve_eval_settings  # noqa: PLC0415
     from eca_jax.models import get_model_cfg  # noqa: PLC0415
     try:
         module, variables, name = load_any(args.checkpoint, args.arch)
-        cfg = get_model_cfg(name)
-        size = args.image_size or cfg.input_size
-        images = load_images(args.images, size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
+        settings = resolve_eval_settings(args.image_size, model_cfg=get_model_cfg(name))
+        size = settings.image_size
+        images = load_images(args.images, size, None, settings.interpolation, settings.mean, settings.std,
+                             resize_size=settings.resize_size)
         names = class_names(module.num_classes, args.labels)
     except (ConversionError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -92,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps({"model": name, "image_size": size, "results": results}, indent=1))
         return 0
-    print(f"model {name}, {size}x{size} ({cfg.interpolation}, crop {cfg.crop_pct})")
+    print(f"model {name}, {size}x{size} ({settings.interpolation}, shorter side resized to {settings.resize_size})")
     for result in results:
         print(result["image"])
         for rank, entry in enumerate(result["top"], 1):

@@ -6,9 +6,14 @@ the PyTorch reference model of ``tests/torch_reference.py`` with random weights,
 weights into the eca_jax model (Flax paths == PyTorch state-dict keys), checks that both give the
 same logits, then times the contenders:
 
-* ``jax``: ``jax.jit`` (the training step donates its parameter, BN-statistics and optimizer
-  buffers); compile time (lower + compile) and the first call are reported separately;
-* ``torch_eager``: plain PyTorch (``torch.inference_mode`` for inference);
+* ``jax``: ``jax.jit``; compile time (lower + compile) and the first call are reported separately.
+  Training times the trainer's own step -- ``eca_jax.train.step.make_train_step`` with the
+  optimizer ``eca_jax.train.optim.make_optimizer`` builds from the default config
+  (``eca_jax.train.config.make_config``: the release's recipe, SGD momentum 0.9 with coupled weight
+  decay 1e-4 and the step schedule, at learning rate ``Setup.lr``), jitted with its ``TrainState``
+  donated as ``eca_jax.train`` does -- so the figure is what ``python -m eca_jax.train`` runs;
+* ``torch_eager``: plain PyTorch (``torch.inference_mode`` for inference; training with
+  ``torch.optim.SGD`` set to the same recipe);
 * ``torch_compile``: ``torch.compile(model)`` (default mode; the optimizer step stays eager);
   its compile time (first calls) is reported separately. ``--torch-compile auto`` (default)
   enables it on GPU only: on a 2-core CPU inductor needs minutes per model (see PERFORMANCE.md).
@@ -37,6 +42,10 @@ CPUs (``os.sched_setaffinity``) before jax starts, which gives both frameworks t
 
 XLA flags: ``--xla-preset`` (default ``none``: XLA's defaults) or ``--xla-flags '...'`` are added to
 ``XLA_FLAGS`` before jax is imported; see eca_jax/perf.py and experiments/PERFORMANCE.md.
+
+Implementation switches: ``--impl 'name=false,...'`` builds the eca_jax models with
+``eca_jax.kernels.ImplOptions.parse(...)`` (e.g. ``hand_written_backward=false``: the unfused
+BatchNorm under autodiff); the default is every fast path.
 
     python experiments/benchmark.py                                   # CPU defaults, < 10 min on 2 cores
     python experiments/benchmark.py --models eca_resnet50,resnet50 --modes train --repeats 7
@@ -172,6 +181,30 @@ class Setup:
     seed: int = 0
     channels_last: bool = False
     num_classes: int = 1000
+    impl: str = ""        # eca_jax.kernels.ImplOptions.parse form; "" = the defaults
+
+
+# ImageNet-1k's training images: the steps per epoch of the trainer's (step) schedule.
+IMAGENET_TRAIN_IMAGES = 1281167
+
+
+def train_config(setup: Setup) -> Any:
+    """The trainer's config for ``setup``: ``make_config``'s defaults (the release's recipe), with
+    the benchmark's batch, image size, learning rate and seed, over the release's 100 epochs."""
+    from eca_jax.train.config import make_config
+    return make_config(batch_size=setup.batch_size, image_size=setup.image_size, learning_rate=setup.lr,
+                       seed=setup.seed, total_epochs=100.0)
+
+
+def trainer_optimizer(setup: Setup) -> tuple[Any, Any]:
+    """``(config, tx)``: the optax transformation ``eca_jax.train`` builds from ``train_config(setup)``
+    (steps per epoch: ImageNet's training set at the benchmark's batch size)."""
+    from eca_jax.train.config import to_steps
+    from eca_jax.train.optim import make_optimizer
+    config = train_config(setup)
+    steps_per_epoch = max(1, IMAGENET_TRAIN_IMAGES // setup.batch_size)
+    tx, _ = make_optimizer(config, steps_per_epoch, to_steps(config, "total", steps_per_epoch))
+    return config, tx
 
 
 def make_batch(setup: Setup, num_classes: int):
@@ -193,16 +226,16 @@ def _xla_mib(compiled) -> float:
 
 
 def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, mode: str) -> Contender:
-    """The eca_jax model under ``jax.jit`` with ``torch_model``'s weights."""
+    """The eca_jax model under ``jax.jit`` with ``torch_model``'s weights (``train``: the trainer's step)."""
     import jax
     import jax.numpy as jnp
-    import optax
+    from eca_jax.kernels import ImplOptions
     from eca_jax.models import create_model
 
     dtype = jnp.bfloat16 if setup.dtype == "bf16" else jnp.float32
     kwargs = dict(spec.jax_kwargs)
     kwargs.setdefault("num_classes", setup.num_classes)
-    model = create_model(spec.jax_name, dtype=dtype, **kwargs)
+    model = create_model(spec.jax_name, dtype=dtype, impl=ImplOptions.parse(setup.impl), **kwargs)
     device = jax.devices()[0]
     _, images_nhwc, labels = batch
     x = jax.device_put(jnp.asarray(images_nhwc, dtype), device)
@@ -220,31 +253,13 @@ def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, 
         c.compiled = compiled
         c.step = lambda: compiled(variables, x).block_until_ready()
     else:
-        tx = optax.sgd(setup.lr, momentum=0.9)
-        key = jax.random.key(setup.seed)
-
-        def train_step(params, batch_stats, opt_state, images, targets):
-            def loss_fn(p):
-                logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, images, train=True,
-                                              mutable=["batch_stats"], rngs={"dropout": key})
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-                return loss.mean(), updates["batch_stats"]
-            (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
-        state = [variables["params"], variables["batch_stats"], jax.jit(tx.init)(variables["params"])]
-        fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
-        t0 = time.perf_counter()
-        compiled = fn.lower(*state, x, y).compile()
-        c.compile_s = time.perf_counter() - t0
-        c.xla_mib = _xla_mib(compiled)
-        c.compiled = compiled
+        compiled, c.compile_s, state = compile_trainer_step(model, variables, x, y, setup)
+        c.xla_mib, c.compiled = _xla_mib(compiled), compiled
+        batch_xy = {"image": x, "label": y}
 
         def step():
-            *new_state, loss = compiled(*state, x, y)
-            state[:] = new_state
-            return loss.block_until_ready()
+            state[0], metrics = compiled(state[0], batch_xy)
+            return metrics["loss"].block_until_ready()
         c.step = step
 
     t0 = time.perf_counter()
@@ -254,6 +269,27 @@ def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, 
         import numpy as np
         c.logits = np.asarray(out, np.float32)
     return c
+
+
+def compile_trainer_step(model, variables: dict, images, labels, setup: Setup) -> tuple[Any, float, list]:
+    """``(compiled, compile_s, [state])``: the trainer's train step (``eca_jax.train.step``) for
+    ``model``, compiled as ``eca_jax.train`` compiles it (``jax.jit``, the ``TrainState`` donated;
+    called as ``compiled(state, {"image": images, "label": labels}) -> (state, metrics)``), its
+    compile time, and a one-element list holding the initial ``TrainState`` (``variables``, the
+    optimizer's fresh state, step 0, key ``PRNGKey(setup.seed)``)."""
+    import jax
+    import jax.numpy as jnp
+    from eca_jax.train.state import TrainState
+    from eca_jax.train.step import make_train_step
+
+    config, tx = trainer_optimizer(setup)
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                       opt_state=jax.jit(tx.init)(params), rng=jax.random.PRNGKey(setup.seed))
+    fn = jax.jit(make_train_step(model.apply, tx, config.label_smoothing, config.bn_groups), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, {"image": images, "label": labels}).compile()
+    return compiled, time.perf_counter() - t0, [state]
 
 
 def torch_contender(name: str, torch_model, batch, setup: Setup, mode: str, compiled: bool) -> Contender:
@@ -286,12 +322,14 @@ def torch_contender(name: str, torch_model, batch, setup: Setup, mode: str, comp
             return out
     else:
         model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=0.9)
+        config = train_config(setup)   # the trainer's recipe: torch's SGD decay is coupled, like it
+        opt = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay, nesterov=config.nesterov)
 
         def step():
             opt.zero_grad(set_to_none=True)
             with autocast:
-                loss = F.cross_entropy(runner(x).float(), y)
+                loss = F.cross_entropy(runner(x).float(), y, label_smoothing=config.label_smoothing)
             loss.backward()
             opt.step()
             sync()
@@ -595,6 +633,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "pages; both frameworks) unless GLIBC_TUNABLES is already set; default: glibc's defaults")
     p.add_argument("--xla-preset", default="none", help="named XLA flag set of eca_jax.perf (none = XLA defaults)")
     p.add_argument("--xla-flags", default="", help="extra XLA flags, appended to XLA_FLAGS before jax starts")
+    p.add_argument("--impl", default="", help="eca_jax implementation switches, e.g. 'hand_written_backward=false' "
+                   "(eca_jax.kernels.ImplOptions; default: every fast path)")
     p.add_argument("--out-dir", default=RESULTS_DIR)
     p.add_argument("--no-write", action="store_true", help="print the table only")
     args = p.parse_args(argv)
@@ -633,6 +673,11 @@ def configure_runtime(args: argparse.Namespace) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = parse_args(argv)
     xla_flags = configure_runtime(args)
+    from eca_jax.kernels import ImplOptions
+    try:
+        ImplOptions.parse(args.impl)
+    except ValueError as e:
+        raise SystemExit(f"--impl: {e}") from e
     import torch
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(threads)
@@ -640,7 +685,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         raise SystemExit("--device gpu: PyTorch sees no CUDA device")
     use_compile = args.torch_compile == "on" or (args.torch_compile == "auto" and args.device == "gpu")
     frameworks = ["jax", "torch_eager"] + (["torch_compile"] if use_compile else [])
-    setup = Setup(args.batch_size, args.image_size, args.dtype, args.device,
+    setup = Setup(args.batch_size, args.image_size, args.dtype, args.device, impl=args.impl,
                   channels_last=args.channels_last == "on" or (args.channels_last == "auto" and args.device == "gpu"))
     t_start = time.time()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -2,7 +2,8 @@
 
     python experiments/profile_step.py --model eca_mobilenet_v2 --mode train --top 25
 
-Builds the same jitted step as experiments/benchmark.py (same weights, batch, SGD update), runs
+Builds the same jitted step as experiments/benchmark.py (same weights and batch; training: the
+trainer's own step and optimizer), with the implementation switches of ``--impl``, runs
 it ``--steps`` times under ``jax.profiler.trace``, reads the trace back with
 ``jax.profiler.ProfileData`` and sums the duration of every XLA op (fusion, dot, convolution,
 ...) over all worker threads. Each op is labelled with what its optimized HLO computes (dots,
@@ -81,6 +82,8 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--impl", default="", help="implementation switches, e.g. 'pointwise_as_dot=false' "
+                   "(eca_jax.kernels.ImplOptions; default: every fast path)")
     p.add_argument("--by-layer", action="store_true",
                    help="also sum the time per (direction, layer name without its block index)")
     args = p.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
     import benchmark as bm
     from jax.profiler import ProfileData
 
-    setup = bm.Setup(args.batch_size, args.image_size, args.dtype, "cpu")
+    setup = bm.Setup(args.batch_size, args.image_size, args.dtype, "cpu", impl=args.impl)
     spec = bm.MODELS[args.model]
     c = bm.jax_contender(args.model, spec, spec.torch_builder(0), bm.make_batch(setup, 1000), setup, args.mode)
     c.step()

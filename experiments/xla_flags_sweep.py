@@ -1,12 +1,16 @@
-"""Times one eca_jax step under several XLA_FLAGS settings, interleaved (for PERFORMANCE.md).
+"""Times one eca_jax step under several XLA_FLAGS settings or implementation switches, interleaved.
 
 XLA reads its flags once per process, so every setting runs in its own worker process (compiled
 once); the parent asks them in turn (A, B, C, A, B, C, ...) for one timed sample, so that load
 from other jobs on the machine hits every setting alike. ``--torch`` adds PyTorch eager (run
-in the parent) as a reference. Only one contender runs at a time.
+in the parent) as a reference. Only one contender runs at a time. ``--impl label:switches`` builds
+that setting's model with ``eca_jax.kernels.ImplOptions.parse(switches)`` (code variants: the A/B
+baselines of experiments/PERFORMANCE.md). Used for PERFORMANCE.md.
 
     python experiments/xla_flags_sweep.py --model eca_resnet50 --mode infer \\
         --setting default= --setting onednn=--xla_cpu_use_onednn=true --torch
+    python experiments/xla_flags_sweep.py --model eca_resnet50 --mode train \\
+        --setting fused= --setting autodiff= --impl autodiff:hand_written_backward=false
 """
 from __future__ import annotations
 
@@ -23,14 +27,12 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments"), os.path.join(ROOT, "tes
 
 
 def _worker(conn, flags: str, env: dict, model: str, mode: str, batch: int, size: int, dtype: str,
-            min_sample_s: float, code: str = "") -> None:
+            min_sample_s: float, impl: str = "") -> None:
     os.environ.update(env)
     os.environ["XLA_FLAGS"] = flags
     os.environ["JAX_PLATFORMS"] = "cpu"
     import benchmark as bm
-    if code:
-        exec(code, {})  # noqa: S102 -- experiment driver: code variants given on the command line
-    setup = bm.Setup(batch, size, dtype, "cpu")
+    setup = bm.Setup(batch, size, dtype, "cpu", impl=impl)
     spec = bm.MODELS[model]
     torch_model = spec.torch_builder(0)
     c = bm.jax_contender(model, spec, torch_model, bm.make_batch(setup, 1000), setup, mode)
@@ -55,9 +57,9 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--setting", action="append", required=True, help="label=XLA flags (repeatable)")
     p.add_argument("--env", action="append", default=[], help="label:VAR=value extra env for one setting")
-    p.add_argument("--exec", action="append", default=[], dest="execs",
-                   help="label:python statement run in that setting's worker before the model is built "
-                        "(code variants, e.g. 'dot:import eca_jax.models.layers as L; L.X = 1')")
+    p.add_argument("--impl", action="append", default=[], dest="impls",
+                   help="label:switches -- that setting's eca_jax.kernels.ImplOptions (code variants, e.g. "
+                        "'autodiff:hand_written_backward=false' or 'xla:pointwise_as_dot=0,depthwise_shifted=0')")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-sample-s", type=float, default=1.0)
     p.add_argument("--torch", action="store_true", help="add PyTorch eager (in the parent) as a reference")
@@ -68,14 +70,23 @@ def main() -> None:
         label, kv = e.split(":", 1)
         k, v = kv.split("=", 1)
         envs.setdefault(label, {})[k] = v
-    codes = dict(e.split(":", 1) for e in args.execs)
+    from eca_jax.kernels import ImplOptions   # checks the switches here, before any worker starts
+    impls = dict(e.split(":", 1) for e in args.impls)
+    labels_given = {label for label, _ in settings}
+    for label, switches in impls.items():
+        if label not in labels_given:
+            p.error(f"--impl {label}:...: no --setting named {label!r}")
+        try:
+            ImplOptions.parse(switches)
+        except ValueError as e:
+            p.error(f"--impl {label}: {e}")
     ctx = mp.get_context("spawn")
     workers = {}
     for label, flags in settings:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(child, flags, envs.get(label, {}), args.model, args.mode,
                                                  args.batch_size, args.image_size, args.dtype, args.min_sample_s,
-                                                 codes.get(label, "")))
+                                                 impls.get(label, "")))
         proc.start()
         info = parent.recv()
         print(f"{label}: compiled in {info['compile_s']:.1f} s, {info['iters']} steps/sample", flush=True)

@@ -33,16 +33,45 @@ def test_weight_mapping_rejects_another_architecture():
         bm.jax_contender("resnet10_tiny", spec, torch_model, bm.make_batch(TINY, 10), TINY, "infer")
 
 
-def test_train_steps_update_the_weights():
+def test_train_steps_update_the_weights(monkeypatch):
+    """The jax contender runs the trainer's own step (eca_jax.train.step) with the trainer's optimizer;
+    PyTorch's SGD follows the same recipe, so both take the same steps from the same weights."""
+    import eca_jax.train.step as train_step_lib
+    built = []
+    make = train_step_lib.make_train_step
+    monkeypatch.setattr(train_step_lib, "make_train_step", lambda *a, **k: built.append(a) or make(*a, **k))
     spec = bm.MODELS["resnet10_tiny"]
     torch_model = spec.torch_builder(0)
     batch = bm.make_batch(TINY, 10)
     c_jax = bm.jax_contender("resnet10_tiny", spec, torch_model, batch, TINY, "train")
     c_torch = bm.torch_contender("resnet10_tiny", torch_model, batch, TINY, "train", compiled=False)
+    assert len(built) == 1
     losses_jax = [float(c_jax.step()) for _ in range(3)]
     losses_torch = [float(c_torch.step()) for _ in range(3)]
     assert all(np.isfinite(losses_jax + losses_torch))
     assert losses_jax[-1] != losses_jax[0] and losses_torch[-1] != losses_torch[0]
+    # (both contenders took one step when built, their first call)
+    np.testing.assert_allclose(losses_jax, losses_torch, rtol=1e-3)
+
+
+def test_trainer_optimizer_is_the_release_recipe():
+    config, _ = bm.trainer_optimizer(TINY)
+    assert (config.learning_rate, config.momentum, config.weight_decay, config.schedule) == (TINY.lr, 0.9, 1e-4, "step")
+
+
+def test_impl_switches_reach_the_model():
+    """Setup.impl (--impl) builds the model with those ImplOptions; same logits as the default build."""
+    from eca_jax.kernels import ImplOptions
+    spec = bm.MODELS["eca_resnet10_tiny"]
+    torch_model = spec.torch_builder(0)
+    batch = bm.make_batch(TINY, 10)
+    setup = bm.dataclasses.replace(TINY, impl="pointwise_as_dot=false,hand_written_backward=false")
+    c_default = bm.jax_contender("eca_resnet10_tiny", spec, torch_model, batch, TINY, "infer")
+    c_plain = bm.jax_contender("eca_resnet10_tiny", spec, torch_model, batch, setup, "infer")
+    np.testing.assert_allclose(c_plain.logits, c_default.logits, rtol=1e-4, atol=1e-4)
+    # the 1x1 shortcut convs stay XLA convolutions instead of becoming dots
+    assert c_plain.compiled.as_text().count(" convolution(") > c_default.compiled.as_text().count(" convolution(")
+    assert ImplOptions.parse(setup.impl) == ImplOptions(pointwise_as_dot=False, hand_written_backward=False)
 
 
 def test_run_group_report_and_files(tmp_path):

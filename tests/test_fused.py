@@ -187,30 +187,30 @@ def test_bad_arguments_are_named():
 
 
 @pytest.mark.parametrize("name", ["eca_resnet18", "ecaresnet26t", "eca_mobilenet_v2", "resnet18"])
-def test_model_gradients_equal_the_autodiff_composition(name, monkeypatch):
+def test_model_gradients_equal_the_autodiff_composition(name):
     """Whole models in training mode: the fused op vs the unfused layers under autodiff.
 
     In float64 (measured worst relative error 3.5e-11): in float32 the two (both correct) orders
     of summation flip a few ReLUs near zero, and the stem's gradients of these small random nets
     move by ~1e-3, as they do under a 1e-6 change of the input."""
-    import eca_jax.nn.fused as fused
+    from eca_jax.kernels import ImplOptions
     from eca_jax.models import create_model
     with jax.enable_x64(True):
-        model = create_model(name, num_classes=10).clone(dtype=jnp.float64, param_dtype=jnp.float64)
+        fused_model = create_model(name, num_classes=10).clone(dtype=jnp.float64, param_dtype=jnp.float64)
+        unfused_model = fused_model.clone(impl=ImplOptions(hand_written_backward=False))
         x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3), jnp.float64) * 1.5 + 0.2
-        variables = model.init(jax.random.key(1), x[:1])
+        variables = fused_model.init(jax.random.key(1), x[:1])
         labels = jnp.arange(4) % 10
 
-        def run():
+        def run(model):
             def loss(params):
                 logits, stats = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                                             train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
                 return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), (logits, stats)
             return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-        grads, (logits, stats) = run()
-        monkeypatch.setattr(fused, "HAND_WRITTEN_BACKWARD", False)
-        grads_ref, (logits_ref, stats_ref) = run()
+        grads, (logits, stats) = run(fused_model)
+        grads_ref, (logits_ref, stats_ref) = run(unfused_model)
     assert all(np.asarray(g).dtype == np.float64 for g in jax.tree.leaves(grads))
     # The classifier (and its pooling) computes in float32 by design: errors of ~1e-6 enter there.
     np.testing.assert_allclose(logits, logits_ref, rtol=2e-5, atol=2e-6)

@@ -180,7 +180,7 @@ def _leaf_shapes(tree: Mapping[str, Any]) -> dict[str, tuple]:
 
 def _num_classes(variables: Mapping[str, Any]) -> int:
     params = variables["params"]
-    for head in ("fc", "classifier.1"):
+    for head in arch_lib.HEADS.values():  # the classifier's scope name per family
         if head in params:
             return int(np.shape(params[head]["kernel"])[-1])
     raise ConversionError("Cannot find the classifier (fc / classifier.1) in the variables; pass num_classes.")

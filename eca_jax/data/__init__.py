@@ -18,12 +18,12 @@ from eca_jax.data._tf import tf as _tf  # noqa: F401  (first: hides the GPUs fro
 from eca_jax.data.datasets import DatasetInfo, check_name, dataset_info, default_data_dir, prepare
 from eca_jax.data.imagenet import check_manual_dir, imagenet_class_names, imagenet_synsets
 from eca_jax.data.pipeline import EvalIterator, TrainIterator, make_eval_iterator, make_train_iterator
-from eca_jax.data.transforms import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, eval_transform,
-                                     preprocess_for_eval, train_transform)
+from eca_jax.data.transforms import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalSettings,
+                                     eval_transform, preprocess_for_eval, resolve_eval_settings, train_transform)
 
 __all__ = [
-    "AUGMENTS", "DatasetInfo", "EvalIterator", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "TrainIterator",
+    "AUGMENTS", "DatasetInfo", "EvalIterator", "EvalSettings", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "TrainIterator",
     "check_manual_dir", "check_name", "dataset_info", "default_data_dir", "eval_transform", "imagenet_class_names",
     "imagenet_synsets", "make_eval_iterator", "make_train_iterator", "preprocess_for_eval", "prepare",
-    "train_transform",
+    "resolve_eval_settings", "train_transform",
 ]

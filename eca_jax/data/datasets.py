@@ -22,7 +22,6 @@ import tensorflow_datasets as tfds
 from eca_jax.data import digits, imagenet
 from eca_jax.data._lock import prepare_lock
 from eca_jax.data._tf import tf  # noqa: F401  (TensorFlow off the accelerators)
-from eca_jax.data.transforms import DEFAULT_CROP_PCT
 
 EMBEDDED = ("digits",)
 
@@ -31,8 +30,11 @@ EMBEDDED = ("digits",)
 class DatasetInfo:
     """What a training job needs to know about a dataset.
 
-    ``augment``/``crop_pct``: the dataset's default train augmentation and eval crop fraction
-    (digits: ``"none"`` and 1.0, since a flip or crop can change a digit's class).
+    ``augment``: the dataset's default train augmentation (digits: ``"none"``, since a flip or
+    crop can change a digit's class). ``crop_pct``: the dataset's own eval crop fraction, which
+    wins over the model's (digits: 1.0, the whole 8x8 image); None for datasets without one
+    (ImageNet and other tfds datasets), whose eval crop comes from the model's config
+    (see ``transforms.resolve_eval_settings``).
     ``image_shape``: the stored (H, W, C) when every image has the same shape, else None.
     ``train_split``/``eval_split``: None (and 0 examples) when the dataset has no such split.
     ``dataset_dir``: where the prepared files are (``<data_dir>/<name>/<version>``).
@@ -49,7 +51,7 @@ class DatasetInfo:
     label_key: str = "label"
     image_shape: Optional[tuple[int, int, int]] = None
     augment: str = "inception_crop_flip"
-    crop_pct: float = DEFAULT_CROP_PCT
+    crop_pct: Optional[float] = None
     dataset_dir: str = ""
 
 
@@ -192,7 +194,7 @@ def dataset_info_from_builder(name: str, builder: tfds.core.DatasetBuilder, trai
         label_key=label_key,
         image_shape=image_shape,
         augment="none" if small else "inception_crop_flip",
-        crop_pct=1.0 if small else DEFAULT_CROP_PCT,
+        crop_pct=1.0 if small else None,
         dataset_dir=os.fspath(builder.data_dir),
     )
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -303,6 +303,7 @@ class EvalIterator:
         self._local_batch, self._image_size = local_batch_size, image_size
         self._num_parallel_calls, self._prefetch = num_parallel_calls, prefetch
         self.global_batch_size = global_batch_size
+        self.settings: Optional[transforms.EvalSettings] = None  # set by make_eval_iterator
         self.num_examples = sum(reader.shard_sizes)
         self.num_steps = math.ceil(max(reader.shard_sizes) / local_batch_size) if self.num_examples else 0
         self._padding = self.num_steps * local_batch_size - reader.source.num_examples
@@ -357,12 +358,13 @@ class EvalIterator:
 
 # ------------------------------------------------------------------ public constructors
 
-def _check_common(image_size: int, interpolation: str, num_parallel_calls: Optional[int], prefetch: int):
+def _check_common(image_size: int, interpolation: Optional[str], num_parallel_calls: Optional[int], prefetch: int):
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-    transforms.check_interpolation(interpolation)
+    if interpolation is not None:
+        transforms.check_interpolation(interpolation)
     return AUTOTUNE if num_parallel_calls is None else int(num_parallel_calls)
 
 
@@ -372,7 +374,8 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
                         state: Optional[dict] = None, split: Optional[str] = None,
                         interpolation: str = "bilinear", cache: Any = "auto", shuffle_buffer_size: int = 10_000,
                         num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
-                        prefetch: int = 2) -> TrainIterator:
+                        prefetch: int = 2, mean: Optional[Sequence[float]] = None,
+                        std: Optional[Sequence[float]] = None) -> TrainIterator:
     """Infinite, seeded, resumable stream of global train batches (see the module docstring).
 
     Args:
@@ -386,6 +389,8 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
       num_parallel_calls / num_threads: parallel image transforms / size of tf.data's thread pool
         (None: tf.data's autotuning and default pool).
       prefetch: batches placed on the devices ahead of the consumer.
+      mean / std: the normalization ``(x / 255 - mean) / std`` (3 floats each; None: ImageNet's).
+        Give the model's (``ModelCfg.mean``/``std``) so that training and eval normalize alike.
     Returns a ``TrainIterator`` yielding ``{"image": float32 (B, S, S, 3), "label": int32 (B,)}``.
     """
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
@@ -398,9 +403,12 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
     reader = _Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
                      num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
 
+    mean = transforms.IMAGENET_MEAN if mean is None else tuple(mean)
+    std = transforms.IMAGENET_STD if std is None else tuple(std)
+
     def transform(image, key, name):
         return transforms.train_transform(image, key, image_size=image_size, augment=augment,
-                                          interpolation=interpolation, name=name)
+                                          interpolation=interpolation, mean=mean, std=std, name=name)
 
     return TrainIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
                          seed=seed, augment=augment, transform=transform, num_parallel_calls=num_parallel_calls,
@@ -410,28 +418,37 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
 def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sharding: jax.sharding.Sharding,
                        resize_size: Optional[int] = None, crop_pct: Optional[float] = None,
                        data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
-                       split: Optional[str] = None, interpolation: str = "bilinear", cache: Any = "auto",
+                       split: Optional[str] = None, interpolation: Optional[str] = None, cache: Any = "auto",
                        num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
-                       prefetch: int = 2) -> EvalIterator:
+                       prefetch: int = 2, mean: Optional[Sequence[float]] = None,
+                       std: Optional[Sequence[float]] = None, model_cfg: Any = None) -> EvalIterator:
     """One exact pass over the eval split per iteration (see the module docstring).
 
-    ``resize_size`` defaults to ``floor(image_size / crop_pct)``, where ``crop_pct`` defaults to the
-    dataset's (0.875 -> 256 for 224; 1.0 for digits). Batches: ``{"image", "label", "mask", "index"}``.
+    Eval preprocessing (``transforms.resolve_eval_settings``; the first that is given wins):
+    the crop is ``resize_size`` or ``crop_pct``, else the dataset's own (digits: 1.0), else the
+    model's (``model_cfg``, e.g. ``eca_jax.models.get_model_cfg(name)``: ``test_crop_pct`` at its
+    ``test_input_size``, else ``crop_pct``), else 0.875; ``interpolation``/``mean``/``std`` are the
+    given ones, else the model's, else bilinear and ImageNet's. ``resize_size`` is then
+    ``floor(image_size / crop_pct)``. The iterator's ``settings`` attribute holds the result.
+    Batches: ``{"image", "label", "mask", "index"}``.
     """
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
     local_batch = _local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
     info = datasets.dataset_info_from_builder(name, builder)
-    if resize_size is None and crop_pct is None:
-        crop_pct = info.crop_pct
-    resize_size = transforms.resize_size_for(image_size, resize_size, crop_pct)
+    settings = transforms.resolve_eval_settings(
+        image_size, resize_size=resize_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std,
+        dataset_crop_pct=info.crop_pct, model_cfg=model_cfg)
     reader = _Reader(builder, info, datasets.require_split(info, split, "eval"), cache=cache,
                      num_threads=num_threads, shuffle_buffer_size=0)
 
     def transform(image, name):
-        return transforms.eval_transform(image, image_size=image_size, resize_size=resize_size,
-                                         interpolation=interpolation, name=name)
+        return transforms.eval_transform(image, image_size=settings.image_size, resize_size=settings.resize_size,
+                                         interpolation=settings.interpolation, mean=settings.mean,
+                                         std=settings.std, name=name)
 
-    return EvalIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
-                        transform=transform, image_size=image_size, num_parallel_calls=num_parallel_calls,
-                        prefetch=prefetch)
+    iterator = EvalIterator(reader, sharding=sharding, global_batch_size=global_batch_size,
+                            local_batch_size=local_batch, transform=transform, image_size=image_size,
+                            num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+    iterator.settings = settings
+    return iterator

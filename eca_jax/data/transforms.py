@@ -15,23 +15,23 @@ default). An encoded image is a scalar ``tf.string`` (JPEG, PNG, GIF, BMP or Web
   side becomes ``resize_size`` (longer side ``int(resize_size * long / short)``), antialiased
   resize, center crop with ``round((H - image_size) / 2)`` offsets (round half to even, as
   Python's ``round``), values rounded to whole grey levels as PIL's uint8 output is.
+- ``resolve_eval_settings``: the eval size, resize size, interpolation and mean/std from explicit
+  values, the dataset's own crop and the model's ``ModelCfg`` (its docstring has the precedence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from eca_jax.constants import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from eca_jax.data._tf import tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTS = ("inception_crop_flip", "none")
-INTERPOLATIONS = ("bilinear", "bicubic")
-DEFAULT_CROP_PCT = 0.875  # 224 / 256
 
 _MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
 
@@ -54,6 +54,72 @@ def resize_size_for(image_size: int, resize_size: Optional[int] = None, crop_pct
     return int(resize_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How eval images are prepared: resize the shorter side to ``resize_size`` (``interpolation``,
+    antialiased), center crop ``image_size`` x ``image_size``, normalize ``(x / 255 - mean) / std``
+    (``mean``/``std``: 3 floats, RGB)."""
+
+    image_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _model_eval_crop_pct(model_cfg: Any, image_size: int) -> float:
+    """The model's crop fraction for ``image_size``: ``test_crop_pct`` at its ``test_input_size``
+    (when it has one), else ``crop_pct`` (timm's rule)."""
+    test_crop = getattr(model_cfg, "test_crop_pct", None)
+    if test_crop is not None and image_size == getattr(model_cfg, "test_input_size", None):
+        return float(test_crop)
+    return float(model_cfg.crop_pct)
+
+
+def _channels(value: Sequence[float], what: str) -> tuple[float, ...]:
+    out = tuple(float(v) for v in value)
+    if len(out) != 3:
+        raise ValueError(f"{what} must have 3 values (R, G, B), got {value!r}")
+    if what == "std" and min(out) <= 0:
+        raise ValueError(f"std must be positive, got {value!r}")
+    return out
+
+
+def resolve_eval_settings(image_size: Optional[int] = None, *, resize_size: Optional[int] = None,
+                          crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
+                          mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                          dataset_crop_pct: Optional[float] = None, model_cfg: Any = None) -> EvalSettings:
+    """The eval settings from explicit values, the dataset and the model's config.
+
+    Precedence, per setting (the first that is not None wins):
+
+    - crop: explicit ``resize_size`` or ``crop_pct`` > ``dataset_crop_pct`` (datasets that define
+      their own eval crop: digits, 1.0) > the model's (``test_crop_pct`` at its
+      ``test_input_size``, else ``crop_pct``) > 0.875;
+    - ``interpolation``, ``mean``, ``std``: explicit > the model's > bilinear / ImageNet's;
+    - ``image_size``: explicit > the model's ``test_input_size`` > its ``input_size``.
+
+    ``model_cfg``: anything with ModelCfg's fields (``eca_jax.models.get_model_cfg(name)``), or
+    None. Raises ValueError for bad values or when no image size is known.
+    """
+    if image_size is None and model_cfg is not None:
+        image_size = getattr(model_cfg, "test_input_size", None) or model_cfg.input_size
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if resize_size is None and crop_pct is None:
+        if dataset_crop_pct is not None:
+            crop_pct = dataset_crop_pct
+        elif model_cfg is not None:
+            crop_pct = _model_eval_crop_pct(model_cfg, image_size)
+    resize = resize_size_for(image_size, resize_size, crop_pct)
+    if interpolation is None:
+        interpolation = getattr(model_cfg, "interpolation", None) or DEFAULT_INTERPOLATION
+    mean = mean if mean is not None else getattr(model_cfg, "mean", None) or IMAGENET_MEAN
+    std = std if std is not None else getattr(model_cfg, "std", None) or IMAGENET_STD
+    return EvalSettings(image_size=image_size, resize_size=resize, interpolation=check_interpolation(interpolation),
+                        mean=_channels(mean, "mean"), std=_channels(std, "std"))
+
+
 def short_tf_message(error: Exception) -> str:
     """The first line of a TensorFlow error message without its ``{{function_node ...}}`` and ``[Op:...]`` noise."""
     text = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
@@ -62,6 +128,7 @@ def short_tf_message(error: Exception) -> str:
 
 
 def check_interpolation(interpolation: str) -> str:
+    """``interpolation`` if it is one of INTERPOLATIONS, else ValueError."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"Unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}.")
     return interpolation

@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from eca_jax.models.conv_ops import conv_general_dilated
-from eca_jax.models.pool_ops import max_pool_shifted
+from eca_jax.kernels import ImplOptions, max_pool_shifted
 from eca_jax.nn.attention import torch_linear_init
 from eca_jax.nn.fused import BatchNormAct
 
@@ -25,23 +24,26 @@ BN_EPSILON = 1e-5
 
 
 def conv2d(features: int, kernel: int, stride: int = 1, groups: int = 1, *, name: str,
-           dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = False) -> nn.Conv:
+           dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = False,
+           impl: ImplOptions = ImplOptions()) -> nn.Conv:
     """A bias-free square conv padded like PyTorch's ``padding=kernel // 2`` (symmetric).
 
-    Kernel (k, k, C_in / groups, C_out) (HWIO); computed by :func:`conv_general_dilated`.
+    Kernel (k, k, C_in / groups, C_out) (HWIO); computed by :func:`eca_jax.kernels.conv_general_dilated`
+    with the switches of ``impl``.
     """
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    feature_group_count=groups, use_bias=use_bias, kernel_init=conv_fan_out_init,
-                   dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, name=name)
+                   dtype=dtype, param_dtype=param_dtype, conv_general_dilated=impl.conv_general_dilated, name=name)
 
 
 def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
-               zero_init: bool = False) -> BatchNormAct:
+               zero_init: bool = False, impl: ImplOptions = ImplOptions()) -> BatchNormAct:
     """BatchNorm over the last axis; batch statistics in training, running averages otherwise.
 
     The variables are ``nn.BatchNorm``'s; the call can fuse what follows the normalisation
-    (``residual=``, ``eca_kernel=``, ``act="relu"``): see :mod:`eca_jax.nn.fused`.
+    (``residual=``, ``eca_kernel=``, ``act="relu"``): see :mod:`eca_jax.nn.fused`
+    (``impl.hand_written_backward`` picks its training-mode implementation).
 
     Under ``jax.jit`` with a batch sharded over a mesh, the statistics are those of the GLOBAL
     batch (XLA inserts the all-reduce), unlike PyTorch DataParallel's per-GPU statistics.
@@ -51,7 +53,7 @@ def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = 
     return BatchNormAct(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                         dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-                        name=name)
+                        hand_written_backward=impl.hand_written_backward, name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:

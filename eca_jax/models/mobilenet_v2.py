@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import batch_norm, check_image_batch, classifier, conv2d, global_pool
 from eca_jax.nn.eca import ECA, eca_kernel_size
 
@@ -44,6 +45,7 @@ class InvertedResidual(nn.Module):
 
     Keys: t != 1: conv.0 (pw ConvBNReLU6), conv.1 (dw ConvBNReLU6), conv.2 (pw-linear), conv.3 (BN),
     conv.4 (ECA); t == 1: conv.0 (dw), conv.1 (pw-linear), conv.2 (BN), conv.3 (ECA).
+    ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
     """
     out_channels: int
     hidden: int
@@ -52,11 +54,12 @@ class InvertedResidual(nn.Module):
     eca_k: Optional[int] = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    impl: ImplOptions = ImplOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         index, y = 0, x
         if self.expand:
             y = norm(name="conv.0.1")(conv(self.hidden, 1, name="conv.0.0")(y), act="relu6")
@@ -78,6 +81,8 @@ class MobileNetV2(nn.Module):
       layout: "release" (ECA release's channel rules, Dropout 0.25) or "torchvision".
       attn: "eca" or None. k_size: None = the release's rule, an odd int for every block, or
         "adaptive" (Eq. 12 on each block's output channels).
+      impl: implementation switches (:class:`eca_jax.kernels.ImplOptions`; same parameters and
+        results, only the speed differs).
     Call: ``apply(variables, x, train=False, return_features=False)``; in training, Dropout needs
     ``rngs={"dropout": key}``. Returns float32 logits or {"C2".."C5"} (strides 4, 8, 16, 32).
     """
@@ -90,6 +95,7 @@ class MobileNetV2(nn.Module):
     in_chans: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    impl: ImplOptions = ImplOptions()
 
     def _channels(self, c: float) -> int:
         return int(c * self.width_mult) if self.layout == "release" else make_divisible(c * self.width_mult)
@@ -110,8 +116,8 @@ class MobileNetV2(nn.Module):
         if self.layout not in LAYOUTS:
             raise ValueError(f"MobileNetV2 layout must be one of {LAYOUTS}, got {self.layout!r}")
         check_image_batch(x, self.in_chans, type(self).__name__)
-        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         in_channels = self._channels(32)
         x = norm(name="features.0.1")(conv(in_channels, 3, 2, name="features.0.0")(x.astype(self.dtype)), act="relu6")
         features, index = {}, 1
@@ -120,7 +126,8 @@ class MobileNetV2(nn.Module):
             for repeat in range(n):
                 x = InvertedResidual(out_channels, int(round(in_channels * t)), s if repeat == 0 else 1,
                                      expand=t != 1, eca_k=self._block_k(c, out_channels), dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name=f"features.{index}")(x, train)
+                                     param_dtype=self.param_dtype, impl=self.impl,
+                                     name=f"features.{index}")(x, train)
                 if index in FEATURE_INDICES:
                     features[FEATURE_INDICES[index]] = x
                 in_channels, index = out_channels, index + 1

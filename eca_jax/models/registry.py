@@ -15,8 +15,7 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from eca_jax.constants import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,13 +24,18 @@ class ModelCfg:
 
     torch_layout: the PyTorch key layout its parameter paths follow ("release", "torchvision", "timm").
     eca_k: the ECA kernel sizes of the released checkpoint (per stage; MobileNetV2 per block).
+    input_size / crop_pct: the training resolution and the eval crop fraction that goes with it;
+    test_input_size / test_crop_pct: the (larger) resolution the weights are evaluated at and its
+    crop fraction (None: same as input_size / crop_pct), as timm's ``pretrained_cfg``.
+    interpolation, mean, std: the eval resize and the normalization ``(x / 255 - mean) / std``.
     """
     torch_layout: str = "torchvision"
     eca_k: Optional[tuple] = None
     input_size: int = 224
     test_input_size: Optional[int] = None
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
+    interpolation: str = DEFAULT_INTERPOLATION
+    crop_pct: float = DEFAULT_CROP_PCT
+    test_crop_pct: Optional[float] = None
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     num_classes: int = 1000

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
                                    global_pool, max_pool_3x3_s2)
 from eca_jax.nn.attention import make_attention
@@ -52,6 +53,7 @@ class ResidualBlock(nn.Module):
 
     Shortcut: ``"conv"`` = 1x1 strided conv + BN (``downsample.0/.1``), ``"avg"`` = ResNet-D's
     2x2 ceil-mode average pool (when strided) + 1x1 conv + BN (``downsample.1/.2``), None = identity.
+    ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
     """
     kind: str
     planes: int
@@ -63,11 +65,12 @@ class ResidualBlock(nn.Module):
     zero_init_last_bn: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    impl: ImplOptions = ImplOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         out_channels = self.planes * EXPANSION[self.kind]
 
         # Shortcut modules are built here (a Flax module's parent is where it is constructed) but
@@ -119,6 +122,8 @@ class ResNet(nn.Module):
         ("eca" in the release, "se" in timm and SE-ResNets).
       k_size: ECA kernel sizes, per stage (list), for all stages (int) or "adaptive"/None.
       attn_kwargs: extra layer arguments (e.g. min_size=3 for timm's rule, reduction for SE).
+      impl: implementation switches (:class:`eca_jax.kernels.ImplOptions`; same parameters and
+        results, only the speed differs).
     Call: ``apply(variables, x, train=False, return_features=False)``; x is (N, H, W, in_chans)
     float; returns float32 logits (N, num_classes) or a dict {"C2": ..., "C5": ...} of stage outputs
     (strides 4, 8, 16, 32 with the 224 stems).
@@ -138,6 +143,7 @@ class ResNet(nn.Module):
     in_chans: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    impl: ImplOptions = ImplOptions()
 
     def _check_config(self) -> None:
         if self.block not in EXPANSION:
@@ -148,8 +154,8 @@ class ResNet(nn.Module):
             raise ValueError(f"layers {tuple(self.layers)} and widths {tuple(self.widths)} differ in length")
 
     def _stem(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
+        norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         if self.stem == "conv7":
             return max_pool_3x3_s2(norm(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x), act="relu"))
         if self.stem == "conv3":
@@ -184,7 +190,7 @@ class ResNet(nn.Module):
                     shortcut=("avg" if self.avg_down else "conv") if needs_shortcut else None,
                     attn=self.attn, attn_name=self.attn_name, attn_kwargs=self._stage_attn_kwargs(stage_k[stage]),
                     zero_init_last_bn=self.zero_init_last_bn, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=f"layer{stage + 1}.{index}")(x, train)
+                    impl=self.impl, name=f"layer{stage + 1}.{index}")(x, train)
                 in_channels = out_channels
             features[f"C{stage + 2}"] = x
         if return_features:

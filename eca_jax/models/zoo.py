@@ -46,8 +46,9 @@ _entry(MobileNetV2, "eca_mobilenet_v2", ModelCfg(
     layout="release", attn="eca")
 _entry(MobileNetV2, "mobilenet_v2", ModelCfg(torch_layout="torchvision"), layout="torchvision")
 
-# timm's ECA ResNet-D family: attention scope "se", adaptive k with k >= 3, bicubic eval.
-_timm = partial(ModelCfg, torch_layout="timm", interpolation="bicubic")
+# timm's ECA ResNet-D family: attention scope "se", adaptive k with k >= 3, bicubic eval; input and
+# test sizes and crops as timm's pretrained_cfgs (tests/reference/timm_pretrained_cfgs.json).
+_timm = partial(ModelCfg, torch_layout="timm", interpolation="bicubic", test_crop_pct=0.95)
 _timm_arch = dict(block=BOTTLENECK, attn="eca", attn_name="se", k_size="adaptive", attn_kwargs={"min_size": 3})
 _entry(ResNet, "ecaresnet26t", _timm(input_size=256, test_input_size=320, eca_k=(5, 5, 5, 7)),
        layers=(2, 2, 2, 2), stem="deep_tiered", stem_width=32, avg_down=True, **_timm_arch)
@@ -59,8 +60,8 @@ _entry(ResNet, "ecaresnetlight", _timm(test_input_size=288, eca_k=(5, 5, 5, 7)),
        layers=(1, 1, 11, 3), stem="conv7", stem_width=64, avg_down=True, **_timm_arch)
 _entry(ResNet, "ecaresnet101d", _timm(test_input_size=288, eca_k=(5, 5, 5, 7), top1=82.18),
        layers=(3, 4, 23, 3), stem="deep", stem_width=32, avg_down=True, **_timm_arch)
-_entry(ResNet, "ecaresnet269d", _timm(input_size=320, test_input_size=352, crop_pct=0.95, eca_k=(5, 5, 5, 7),
-                                      top1=84.97),
+_entry(ResNet, "ecaresnet269d", _timm(input_size=320, test_input_size=352, crop_pct=0.95, test_crop_pct=1.0,
+                                      eca_k=(5, 5, 5, 7), top1=84.97),
        layers=(3, 30, 48, 8), stem="deep", stem_width=32, avg_down=True, **_timm_arch)
 
 # Small ResNets for 32x32 inputs (the digits main job, tests): 3x3 stem, no pool, 3 stages of basic blocks.

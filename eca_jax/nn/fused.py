@@ -36,10 +36,6 @@ from eca_jax.nn.eca import channel_conv1d, eca_gate
 
 ACTIVATIONS = (None, "relu", "relu6")
 
-# Switch for experiments/PERFORMANCE.md: False = the unfused layers differentiated by autodiff
-# (BatchNorm, then eca_gate on its output, add, activation), the A/B baseline of the fused op.
-HAND_WRITTEN_BACKWARD = True
-
 
 def _check_activation(act: Optional[str]) -> None:
     if act not in ACTIVATIONS:
@@ -223,6 +219,9 @@ class BatchNormAct(nn.Module):
     call, so the modules they create come after this one in call order (PyTorch's module order:
     bn3, eca, downsample). Running averages update like ``nn.BatchNorm`` (momentum = weight of
     the old value; biased batch variance; no update while initialising).
+
+    ``hand_written_backward=False`` computes training mode with :func:`batch_norm_act_autodiff`
+    (the unfused layers under autodiff: the A/B baseline of experiments/PERFORMANCE.md; same results).
     """
     use_running_average: bool = False
     momentum: float = 0.99
@@ -231,6 +230,7 @@ class BatchNormAct(nn.Module):
     param_dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
+    hand_written_backward: bool = True
 
     @nn.compact
     def __call__(self, z: jax.Array, residual: Union[None, jax.Array, Callable[[], jax.Array]] = None,
@@ -255,7 +255,7 @@ class BatchNormAct(nn.Module):
         if self.use_running_average:
             return batch_norm_act_inference(z, scale, bias, ra_mean.value, ra_var.value, residual, eca_kernel,
                                             act, eca_padding, self.epsilon)
-        train_fn = batch_norm_act if HAND_WRITTEN_BACKWARD else batch_norm_act_autodiff
+        train_fn = batch_norm_act if self.hand_written_backward else batch_norm_act_autodiff
         out, mean, var = train_fn(z, scale, bias, residual, eca_kernel, act, eca_padding, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean

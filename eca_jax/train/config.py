@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from eca_jax.constants import INTERPOLATIONS
+
 _P = config_dict.placeholder
 
 DTYPES = ("float32", "bfloat16")
@@ -44,7 +46,14 @@ def _defaults() -> dict[str, Any]:
         data_dir=_P(str),
         manual_dir=_P(str),
         image_size=224,
-        eval_resize_size=_P(int),       # default: the data pipeline's (e.g. 256 for 224)
+        # --- eval input (None: from the model's ModelCfg, or the dataset's own crop; see
+        #     eca_jax.data.transforms.resolve_eval_settings) ---
+        eval_image_size=_P(int),        # default: image_size
+        eval_resize_size=_P(int),       # default: floor(eval size / eval crop fraction)
+        eval_crop_pct=_P(float),        # default: the dataset's (digits: 1.0), else the model's
+        eval_interpolation=_P(str),     # bilinear | bicubic; default: the model's
+        mean=_P(tuple),                 # normalization, train and eval; default: the model's
+        std=_P(tuple),
         augment=_P(str),                # default: the dataset's ("none" for digits, else crop+flip)
         batch_size=256,                 # global: summed over all devices and processes
         eval_batch_size=_P(int),        # default: batch_size
@@ -180,6 +189,25 @@ def _check_choice(config, key: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"config.{key}={config[key]!r} is not one of {choices}.")
 
 
+def _validate_eval_input(config: ml_collections.ConfigDict) -> None:
+    """Checks the eval-input keys (all optional: None means "from the model / dataset")."""
+    for key in ("eval_image_size", "eval_resize_size"):
+        if config[key] is not None and config[key] < 1:
+            raise ValueError(f"config.{key} must be >= 1 or None, got {config[key]!r}.")
+    if config.eval_resize_size is not None and config.eval_crop_pct is not None:
+        raise ValueError("Set config.eval_resize_size or config.eval_crop_pct, not both.")
+    if config.eval_crop_pct is not None and not 0.0 < config.eval_crop_pct <= 1.0:
+        raise ValueError(f"config.eval_crop_pct must be in (0, 1], got {config.eval_crop_pct}.")
+    if config.eval_interpolation is not None and config.eval_interpolation not in INTERPOLATIONS:
+        raise ValueError(f"config.eval_interpolation={config.eval_interpolation!r} is not one of "
+                         f"{INTERPOLATIONS}.")
+    for key in ("mean", "std"):
+        value = config[key]
+        if value is not None and (len(value) != 3 or (key == "std" and min(value) <= 0)):
+            raise ValueError(f"config.{key} must be 3 numbers (R, G, B){', positive' if key == 'std' else ''}, "
+                             f"got {value!r}.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises KeyError/ValueError naming the problem if ``config`` is not a valid config."""
     valid = set(valid_keys())
@@ -205,6 +233,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in positive:
         if config[key] is None or config[key] < 1:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]!r}.")
+    _validate_eval_input(config)
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
                          f"config.grad_accum_steps={config.grad_accum_steps}.")

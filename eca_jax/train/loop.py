@@ -51,21 +51,54 @@ def signature(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, 
             "config": json.loads(config.to_json())}
 
 
-def evaluate(eval_fn, variables, data, config, sharding, batch_size: int) -> dict[str, Any]:
-    """One pass over the eval split: mean loss, top-1, top-5 and the number of examples."""
+def _channels(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
+
+
+def normalization(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``{"mean", "std"}`` for the train and eval pipelines: the config's, else the model's."""
+    from eca_jax.models import get_model_cfg  # noqa: PLC0415
+    cfg = get_model_cfg(config.model)
+    return {"mean": _channels(config.mean) or cfg.mean, "std": _channels(config.std) or cfg.std}
+
+
+def eval_input_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments of ``make_eval_iterator`` for ``config``: its explicit eval settings
+    (``eval_image_size`` else ``image_size``, ``eval_resize_size``, ``eval_crop_pct``,
+    ``eval_interpolation``, ``mean``/``std``; None where unset) plus the model's ModelCfg, which
+    supplies what is unset (the dataset's own crop, digits' 1.0, wins over the model's; see
+    ``eca_jax.data.transforms.resolve_eval_settings``)."""
+    from eca_jax.models import get_model_cfg  # noqa: PLC0415
+    return {"image_size": config.eval_image_size or config.image_size,
+            "resize_size": config.eval_resize_size, "crop_pct": config.eval_crop_pct,
+            "interpolation": config.eval_interpolation, "mean": _channels(config.mean),
+            "std": _channels(config.std), "model_cfg": get_model_cfg(config.model)}
+
+
+def evaluate(eval_fn, variables, data, config, sharding, batch_size: int, *,
+             with_input: bool = False) -> dict[str, Any]:
+    """One pass over the eval split: mean loss, top-1, top-5 and the number of examples.
+
+    The eval images are prepared as :func:`eval_input_kwargs` says. ``with_input`` adds
+    ``"input"``: what the pipeline resolved (image_size, resize_size, interpolation, mean, std),
+    when its iterator says (``settings``)."""
     sums = None
-    for batch in data.make_eval_iterator(
-        config.dataset, global_batch_size=batch_size, image_size=config.image_size,
-        sharding=sharding, resize_size=config.eval_resize_size, data_dir=config.data_dir,
-        manual_dir=config.manual_dir):
+    iterator = data.make_eval_iterator(
+        config.dataset, global_batch_size=batch_size, sharding=sharding, data_dir=config.data_dir,
+        manual_dir=config.manual_dir, **eval_input_kwargs(config))
+    settings = getattr(iterator, "settings", None)
+    for batch in iterator:
         out = eval_fn(variables, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
         raise ValueError(f"The eval split of {config.dataset!r} yielded no batches.")
     sums = {k: float(v) for k, v in jax.device_get(sums).items()}
     n = max(1.0, sums["count"])
-    return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
-            "num_examples": int(sums["count"])}
+    metrics = {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
+               "num_examples": int(sums["count"])}
+    if with_input and dataclasses.is_dataclass(settings):
+        metrics["input"] = dataclasses.asdict(settings)
+    return metrics
 
 
 def _abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -158,7 +191,8 @@ def _train_loop(run: _Run, ckpt: ckpt_lib.Checkpointer, state: TrainState, start
     train_it = data.make_train_iterator(
         config.dataset, global_batch_size=run.micro_batch, image_size=config.image_size,
         seed=config.seed, sharding=batch_sh, data_dir=config.data_dir,
-        manual_dir=config.manual_dir, augment=config.augment, state=data_state)
+        manual_dir=config.manual_dir, augment=config.augment, state=data_state,
+        **normalization(config))
     train_fn = jax.jit(
         make_train_step(run.model.apply, run.tx, config.label_smoothing, config.bn_groups),
         in_shardings=(run.shardings, batch_sh), out_shardings=(run.shardings, repl),

@@ -15,7 +15,11 @@ experiments/PERFORMANCE.md) showed three slow paths, replaced here:
 Layouts: NHWC activations, HWIO kernels. :func:`conv_general_dilated` has the signature of
 ``lax.conv_general_dilated`` and is injected into ``flax.linen.Conv(conv_general_dilated=...)``,
 so parameters (names, shapes, init) are exactly those of ``nn.Conv``. Results equal XLA's
-convolution up to float rounding of the sums (tests/test_conv_ops.py).
+convolution up to float rounding of the sums (tests/test_kernels_conv.py).
+
+Every fast path has a keyword switch (default True = fast path; False = XLA's convolution or the
+plain formulation), the A/B baselines of experiments/PERFORMANCE.md. Models choose them through
+:class:`eca_jax.kernels.ImplOptions`.
 """
 from __future__ import annotations
 
@@ -25,11 +29,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-# Switches for experiments/PERFORMANCE.md (each measured against the plain XLA path); True = fast path.
-POINTWISE_AS_DOT = True
-DEPTHWISE_SHIFTED = True
-DEPTHWISE_ROWS_GRAD = True
-SMALL_INPUT_IM2COL = True
+from eca_jax.kernels.windows import acc_dtype, conv_out_hw, shifted_windows
 
 
 def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
@@ -38,25 +38,10 @@ def _is_nhwc_hwio(dimension_numbers: Any) -> bool:
         and tuple(dn.out_spec) == (0, 3, 1, 2)
 
 
-def shifted_windows(xp: jax.Array, kh: int, kw: int, out_hw: tuple[int, int], strides: Sequence[int]):
-    """Yields (i, j, window): the (N, Ho, Wo, C) input pixels that tap (i, j) of a kernel sees."""
-    n, _, _, c = xp.shape
-    (ho, wo), (sh, sw) = out_hw, strides
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                                      (1, sh, sw, 1))
-
-
-def _acc_dtype(dtype: Any) -> Any:
-    """Accumulation dtype: float32 for bfloat16/float16 inputs (like XLA's convolutions)."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def _shifted_sum(xp: jax.Array, taps: jax.Array, out_hw: tuple[int, int], strides: Sequence[int]) -> jax.Array:
     """sum_{i,j} window_ij(xp) * taps[i, j]: one fused loop; taps (kh, kw, C). Accumulates in float32
     (or wider) and returns xp's dtype."""
-    acc = _acc_dtype(xp.dtype)
+    acc = acc_dtype(xp.dtype)
     out = None
     for i, j, window in shifted_windows(xp, taps.shape[0], taps.shape[1], out_hw, strides):
         term = window.astype(acc) * taps[i, j].astype(acc)
@@ -64,16 +49,9 @@ def _shifted_sum(xp: jax.Array, taps: jax.Array, out_hw: tuple[int, int], stride
     return out.astype(xp.dtype)
 
 
-def conv_out_hw(x_shape: tuple, k_shape: tuple, strides: Sequence[int], padding) -> tuple[int, int]:
-    """(Ho, Wo) of a window of k_shape[:2] over NHWC x_shape with explicit padding (floor formula)."""
-    (pt, pb), (pl, pr) = padding
-    return ((x_shape[1] + pt + pb - k_shape[0]) // strides[0] + 1,
-            (x_shape[2] + pl + pr - k_shape[1]) // strides[1] + 1)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+                           padding: tuple[tuple[int, int], tuple[int, int]], rows_grad: bool = True) -> jax.Array:
     """Depthwise conv of ``x`` (N, H, W, C) with ``kernel`` (kh, kw, 1, C) as kh*kw shifted multiply-adds.
 
     Cross-correlation with explicit zero ``padding`` ((top, bottom), (left, right)) and ``strides``,
@@ -81,19 +59,21 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
     vectorised loop over the channel axis: on CPU 10x faster than XLA's grouped convolution.
     The custom VJP keeps only ``x`` for the backward pass (autodiff would keep kh*kw shifted
     copies); input gradient = the same shifted sum over the stride-dilated output gradient with
-    the flipped kernel; kernel gradient = one reduction per tap.
+    the flipped kernel; kernel gradient = one reduction per tap, computed from kh row slices of
+    ``x`` and kw column shifts of the output gradient (``rows_grad=True``, faster on CPU) or from
+    the kh*kw shifted windows of ``x`` (``rows_grad=False``, the A/B baseline; same sums).
     """
-    return _depthwise_fwd(x, kernel, strides, padding)[0]
+    return _depthwise_fwd(x, kernel, strides, padding, rows_grad)[0]
 
 
-def _depthwise_fwd(x, kernel, strides, padding):
+def _depthwise_fwd(x, kernel, strides, padding, rows_grad=True):
     kh, kw, _, c = kernel.shape
     xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
     out_hw = conv_out_hw(x.shape, kernel.shape, strides, padding)
     return _shifted_sum(xp, kernel.reshape(kh, kw, c), out_hw, strides), (x, kernel)
 
 
-def _depthwise_bwd(strides, padding, residuals, dy):
+def _depthwise_bwd(strides, padding, rows_grad, residuals, dy):
     x, kernel = residuals
     _, h, w, c = x.shape
     kh, kw = kernel.shape[:2]
@@ -108,8 +88,8 @@ def _depthwise_bwd(strides, padding, residuals, dy):
     dxp = _shifted_sum(dy_pad, kernel.reshape(kh, kw, c)[::-1, ::-1], (hp, wp), (1, 1))
     dx = dxp[:, pt:pt + h, pl:pl + w, :]
     xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-    acc = _acc_dtype(x.dtype)
-    dk = _depthwise_kernel_grad(xp, dy, kh, kw, strides) if DEPTHWISE_ROWS_GRAD else \
+    acc = acc_dtype(x.dtype)
+    dk = _depthwise_kernel_grad(xp, dy, kh, kw, strides) if rows_grad else \
         jnp.stack([jnp.sum(window.astype(acc) * dy.astype(acc), axis=(0, 1, 2)) for _, _, window in
                    shifted_windows(xp, kh, kw, (ho, wo), strides)])
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
@@ -124,7 +104,7 @@ def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, kh: int, kw: int, strid
     """
     n, _, wp, c = xp.shape
     (sh, sw), (ho, wo) = strides, dy.shape[1:3]
-    acc = _acc_dtype(xp.dtype)
+    acc = acc_dtype(xp.dtype)
     zero = jnp.zeros((), dy.dtype)
     dy_cols = [jax.lax.pad(dy, zero, ((0, 0, 0), (0, 0, 0), (j, wp - j - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
                for j in range(kw)]
@@ -193,8 +173,9 @@ def small_input_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None
-                         ) -> jax.Array:
+                         dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None,
+                         *, pointwise_as_dot: bool = True, depthwise_shifted: bool = True,
+                         depthwise_rows_grad: bool = True, small_input_im2col: bool = True) -> jax.Array:
     """``lax.conv_general_dilated`` with the convolutions XLA:CPU runs slowly rewritten (same sums).
 
     * 1x1 convs -> a matrix product (``dot_general``; strided ones take every s-th pixel first,
@@ -204,18 +185,24 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       multiply-adds (:func:`depthwise_conv_shifted`), on the CPU backend only (GPUs keep cuDNN's).
     * dense convs on inputs smaller than the kernel -> im2col + dot (:func:`small_input_conv`), on
       the CPU backend only (YNNPACK declines them; XLA's fallback is ~100x slower).
-    Everything else goes to XLA unchanged. Injected into ``nn.Conv(conv_general_dilated=...)``;
+    Everything else goes to XLA unchanged. Injected into ``nn.Conv(conv_general_dilated=...)``
+    (with the switches bound by ``functools.partial``, see ``ImplOptions.conv_general_dilated``);
     results equal XLA's convolution up to float rounding of the sums.
+
+    Keyword switches (True = the rewrite above, False = XLA's convolution for that case):
+    ``pointwise_as_dot``, ``depthwise_shifted``, ``small_input_im2col``; ``depthwise_rows_grad``
+    picks the depthwise kernel-gradient formulation (see :func:`depthwise_conv_shifted`).
     """
     plain = (_is_nhwc_hwio(dimension_numbers) and not isinstance(padding, str)
              and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1))))
-    if plain and POINTWISE_AS_DOT and rhs.shape[:2] == (1, 1) and feature_group_count == 1 \
+    if plain and pointwise_as_dot and rhs.shape[:2] == (1, 1) and feature_group_count == 1 \
             and all(tuple(p) == (0, 0) for p in padding):
         return pointwise_conv(lhs, rhs.reshape(rhs.shape[2:]), tuple(window_strides), precision)
-    if plain and DEPTHWISE_SHIFTED and jax.default_backend() == "cpu" and feature_group_count > 1 and rhs.shape[2] == 1 \
-            and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
-        return depthwise_conv_shifted(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
-    if plain and SMALL_INPUT_IM2COL and jax.default_backend() == "cpu" and feature_group_count == 1 \
+    if plain and depthwise_shifted and jax.default_backend() == "cpu" and feature_group_count > 1 \
+            and rhs.shape[2] == 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
+        return depthwise_conv_shifted(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
+                                      bool(depthwise_rows_grad))
+    if plain and small_input_im2col and jax.default_backend() == "cpu" and feature_group_count == 1 \
             and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]):
         return small_input_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

@@ -1,10 +1,10 @@
-"""eca_jax.models.conv_ops: the rewritten 1x1 and depthwise convs equal XLA's convolution, values and gradients."""
+"""eca_jax.kernels.conv: the rewritten 1x1 and depthwise convs equal XLA's convolution, values and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eca_jax.models import conv_ops
+from eca_jax.kernels import conv
 
 
 def _xla_conv(x, w, stride, pad, groups=1):
@@ -13,10 +13,10 @@ def _xla_conv(x, w, stride, pad, groups=1):
                                         feature_group_count=groups)
 
 
-def _ours(x, w, stride, pad, groups=1):
+def _ours(x, w, stride, pad, groups=1, **switches):
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    return conv_ops.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn,
-                                         feature_group_count=groups)
+    return conv.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn,
+                                     feature_group_count=groups, **switches)
 
 
 def _inputs(shape, kshape, seed=0):
@@ -60,14 +60,40 @@ def test_depthwise_kernel_grad_formulations_agree():
     """The row-slice kernel gradient equals the per-tap-window one (the experiment switch)."""
     x, w = _inputs((2, 9, 7, 3), (3, 3, 1, 3), seed=3)
     pad = ((1, 1), (1, 1))
-    grads = []
-    for rows in (True, False):
-        conv_ops.DEPTHWISE_ROWS_GRAD = rows
-        try:
-            grads.append(jax.grad(lambda w: jnp.sum(jnp.cos(_ours(x, w, 2, pad, 3))))(w))
-        finally:
-            conv_ops.DEPTHWISE_ROWS_GRAD = True
+    grads = [jax.grad(lambda w: jnp.sum(jnp.cos(_ours(x, w, 2, pad, 3, depthwise_rows_grad=rows))))(w)
+             for rows in (True, False)]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("switch,x_shape,w_shape,stride,pad,groups", [
+    ("pointwise_as_dot", (2, 8, 8, 5), (1, 1, 5, 6), 2, ((0, 0), (0, 0)), 1),
+    ("depthwise_shifted", (2, 8, 8, 4), (3, 3, 1, 4), 1, ((1, 1), (1, 1)), 4),
+    ("small_input_im2col", (2, 2, 2, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), 1),
+])
+def test_switched_off_paths_are_xlas_convolution(switch, x_shape, w_shape, stride, pad, groups):
+    """switch=False hands exactly that case to XLA; the default (True) takes the rewrite, same values."""
+    x, w = _inputs(x_shape, w_shape, seed=7)
+    off = jax.jit(lambda x, w: _ours(x, w, stride, pad, groups, **{switch: False}))
+    np.testing.assert_array_equal(off(x, w), jax.jit(lambda x, w: _xla_conv(x, w, stride, pad, groups))(x, w))
+    assert "convolution" in off.lower(x, w).as_text()
+    on = jax.jit(lambda x, w: _ours(x, w, stride, pad, groups))
+    assert "convolution" not in on.lower(x, w).as_text()
+    np.testing.assert_allclose(on(x, w), off(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_impl_options_bind_the_switches():
+    from eca_jax.kernels import ImplOptions
+    opts = ImplOptions.parse("pointwise_as_dot=false, hand_written_backward=0")
+    assert opts == ImplOptions(pointwise_as_dot=False, hand_written_backward=False)
+    assert hash(opts) == hash(ImplOptions(pointwise_as_dot=False, hand_written_backward=False))
+    assert opts.describe() == "pointwise_as_dot=false,hand_written_backward=false"
+    assert ImplOptions.parse("") == ImplOptions() and ImplOptions().describe() == "default"
+    assert opts.conv_general_dilated.keywords == dict(pointwise_as_dot=False, depthwise_shifted=True,
+                                                      depthwise_rows_grad=True, small_input_im2col=True)
+    with pytest.raises(ValueError, match="unknown implementation switch 'pointwise'.*valid: pointwise_as_dot"):
+        ImplOptions.parse("pointwise=false")
+    with pytest.raises(ValueError, match="takes true or false"):
+        ImplOptions.parse("depthwise_shifted=maybe")
 
 
 def test_bfloat16_depthwise_accumulates_in_float32():

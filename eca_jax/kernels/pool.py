@@ -10,7 +10,7 @@ few vectorised loops.
 Gradient rule: each output gradient goes to exactly ONE input position of its window, the first
 maximal in-bounds element in row-major window order (top-left first). This is PyTorch's rule and
 also what ``jax.grad`` of ``nn.max_pool`` gives on XLA:CPU (``select_and_scatter_add`` with
-``select_prim=ge`` keeps the earlier element on ties); tests/test_pool_ops.py checks both. Ties
+``select_prim=ge`` keeps the earlier element on ties); tests/test_kernels_pool.py checks both. Ties
 matter: after a ReLU many windows are all zeros. Two corner cases differ from ``nn.max_pool``: a
 window whose inputs are all -inf routes its gradient to its first input here and in PyTorch, to the
 -inf padding (i.e. drops it) in XLA; a window whose maximum is NaN gets no gradient here (PyTorch:
@@ -26,9 +26,7 @@ from typing import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
-from eca_jax.models.conv_ops import conv_out_hw, shifted_windows
-
-Padding = tuple[tuple[int, int], tuple[int, int]]
+from eca_jax.kernels.windows import Padding, conv_out_hw, shifted_windows
 
 
 def _out_hw(h: int, w: int, window: Sequence[int], strides: Sequence[int], padding: Padding) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""eca_jax.models.pool_ops: the shifted-slice max pool equals nn.max_pool's values and PyTorch's
+"""eca_jax.kernels.pool: the shifted-slice max pool equals nn.max_pool's values and PyTorch's
 gradient (the first maximum of each window in row-major order), ties included."""
 import flax.linen as nn
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eca_jax.models import layers, pool_ops
+from eca_jax.kernels import pool
+from eca_jax.models import layers
 
 STEM = ((3, 3), (2, 2), ((1, 1), (1, 1)))   # MaxPool2d(3, stride=2, padding=1)
 
@@ -36,7 +37,7 @@ def _cotangent(shape, seed=1):
 
 
 def _ours(x, window, strides, padding):
-    return pool_ops.max_pool_shifted(x, window, strides, padding)
+    return pool.max_pool_shifted(x, window, strides, padding)
 
 
 def _flax(x, window, strides, padding):
@@ -153,7 +154,7 @@ def test_under_jit_grad_and_vmap():
     x = jnp.asarray(_inputs("relu", (3, 2, 9, 9, 2)))
 
     def loss(x):
-        return jnp.sum(jnp.sin(jax.vmap(lambda xi: pool_ops.max_pool_shifted(xi))(x)))
+        return jnp.sum(jnp.sin(jax.vmap(lambda xi: pool.max_pool_shifted(xi))(x)))
     g = jax.jit(jax.grad(loss))(x)
     g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(jax.vmap(lambda xi: _flax(xi, *STEM))(x))))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
@@ -170,10 +171,10 @@ def test_stem_pool_uses_it_on_cpu():
 
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="rank 4"):
-        pool_ops.max_pool_shifted(jnp.zeros((4, 4, 2)))
+        pool.max_pool_shifted(jnp.zeros((4, 4, 2)))
     with pytest.raises(TypeError, match="floating"):
-        pool_ops.max_pool_shifted(jnp.zeros((1, 4, 4, 2), jnp.int32))
+        pool.max_pool_shifted(jnp.zeros((1, 4, 4, 2), jnp.int32))
     with pytest.raises(ValueError, match="padding"):
-        pool_ops.max_pool_shifted(jnp.zeros((1, 4, 4, 2)), (3, 3), (2, 2), ((3, 3), (1, 1)))
+        pool.max_pool_shifted(jnp.zeros((1, 4, 4, 2)), (3, 3), (2, 2), ((3, 3), (1, 1)))
     with pytest.raises(ValueError, match="does not fit"):
-        pool_ops.max_pool_shifted(jnp.zeros((1, 1, 1, 2)), (3, 3), (2, 2), ((0, 0), (0, 0)))
+        pool.max_pool_shifted(jnp.zeros((1, 1, 1, 2)), (3, 3), (2, 2), ((0, 0), (0, 0)))
