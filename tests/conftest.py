@@ -14,3 +14,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for path in (ROOT, os.path.join(ROOT, "tests")):
     if path not in sys.path:
         sys.path.insert(0, path)
+
+
+# The fast tier (`python -m pytest tests -m "not slow"`, under 5 minutes on 2 cores) leaves out
+# every test that took more than about 8 s in a full run on 2 cores (AMD EPYC, 2026-11-30,
+# `--durations`), besides those marked @pytest.mark.slow in their files. A name without brackets
+# marks every parametrisation of that test.
+SLOW_TESTS = {
+    "test_every_model_jits_at_224_and_193_in_fp32_and_bf16",   # 10-86 s per model
+    "test_release_init_is_fan_out_normal", "test_summary_cli",
+    "test_bfloat16_eval_logits_close_to_float32",
+    "test_model_gradients_equal_the_autodiff_composition",       # 12-82 s (float64 whole models)
+    "test_sigterm_saves_and_resume_is_exact", "test_digits_learns_and_evaluate_cli",
+    "test_sigkill_during_async_save_never_leaves_a_usable_partial", "test_two_processes_equal_one",
+    "test_out_of_disk_keeps_previous_checkpoint_and_resumes_on_another_mesh",
+    "test_eight_devices_and_fsdp_equal_one_device", "test_processes_form_one_mesh",
+    "test_fake_imagenet_prepared_by_tfds_builder",
+    "test_train_mode_and_input_gradient_match_pytorch", "test_python_dash_m_entry_point",
+    "test_new_head_keeps_the_backbone", "test_run_group_report_and_files",
+    "test_train_steps_update_the_weights",
+    "test_eval_logits_match_pytorch[ecaresnet269d]", "test_eval_logits_match_pytorch[eca_resnet152]",
+    "test_eval_logits_match_pytorch[resnet152]", "test_eval_logits_match_pytorch[eca_resnet101]",
+    "test_eval_logits_match_pytorch[ecaresnet101d]", "test_eval_logits_match_pytorch[resnet101]",
+    "test_eval_logits_match_pytorch[eca_mobilenet_v2]",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    for item in items:
+        if item.name in SLOW_TESTS or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
