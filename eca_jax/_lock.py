@@ -24,11 +24,6 @@ class LockHeldError(RuntimeError):
         super().__init__(f"{path} is locked by process {holder_pid if holder_pid else '(unknown pid)'}")
 
 
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for URLs such as ``gs://bucket/dir``, where flock cannot work."""
-    return "://" in os.fspath(path)
-
-
 def _holder_pid(fd: int) -> int | None:
     """The pid written into the lock file by its holder (None if not written yet)."""
     try:

@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from eca_jax.convert.mapping import ConversionError
-from eca_jax.train.checkpoint import absolute_path
+from eca_jax._paths import absolute_path
 
 METADATA_FILE = "eca_jax_convert.json"
 VARIABLES_DIR = "variables"

@@ -6,7 +6,8 @@ import contextlib
 import os
 from typing import Iterator
 
-from eca_jax._lock import file_lock, is_remote
+from eca_jax._lock import file_lock
+from eca_jax._paths import is_remote
 
 
 @contextlib.contextmanager

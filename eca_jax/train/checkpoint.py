@@ -32,7 +32,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from eca_jax._lock import LockHeldError, file_lock, is_remote
+from eca_jax._lock import LockHeldError, file_lock
+from eca_jax._paths import absolute_path, is_remote  # noqa: F401  (absolute_path: public here)
 
 CHECKPOINT_DIRNAME = "checkpoints"
 SIGNATURE_KEYS = ("model", "num_classes", "model_kwargs")
@@ -64,13 +65,6 @@ class CheckpointReadError(ValueError):
 
 class WorkdirInUseError(RuntimeError):
     """Another live training process holds the workdir's lock."""
-
-
-def absolute_path(path: str | os.PathLike) -> str:
-    """``path`` ("~" expanded) made absolute against the current directory; URLs such as
-    ``gs://bucket/dir`` are returned unchanged. orbax refuses relative paths."""
-    path = os.fspath(path)
-    return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def _lock_name() -> str:
