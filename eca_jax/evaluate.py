@@ -1,18 +1,20 @@
 """Evaluate a checkpoint: ``python -m eca_jax.evaluate --workdir DIR [--best | --step N]``,
-``--checkpoint DIR/checkpoints/STEP``, or ``--checkpoint CONVERTED_DIR`` (``eca_jax.convert``'s
-output, evaluated on imagenet2012 unless ``--dataset`` says otherwise).
+``--checkpoint DIR/checkpoints/STEP``, ``--checkpoint CONVERTED_DIR`` (``eca_jax.convert``'s
+output) or ``--checkpoint FILE.pth.tar|.safetensors`` (PyTorch weights, converted in memory); the
+last two are evaluated on imagenet2012 unless ``--dataset`` says otherwise. Reading goes through
+:func:`eca_jax.checkpoints.load`.
 
 Restores params and batch statistics only (no optimizer state), data-parallel over all
 devices, on the eval split of the dataset the checkpoint was trained on (``--dataset`` and
 friends override). The last line printed is a JSON object:
 ``{"top1", "top5", "loss", "num_examples", "step", "model", "dataset", "checkpoint", "eval_input"}``
 (``eval_input``: the image_size, resize_size, interpolation, mean and std the eval pipeline used;
-``step`` is null for a converted checkpoint).
+``step`` is null for a converted checkpoint or PyTorch file).
 
 Eval preprocessing: the flags (``--image_size``, ``--resize_size``/``--crop_pct``,
 ``--interpolation``), else the training config saved with the checkpoint (its ``eval_*``,
 ``mean``/``std`` keys and ``image_size``), else the model's ModelCfg (interpolation, crop,
-mean/std; for a converted checkpoint also its test size: ``test_input_size`` with
+mean/std; for converted or PyTorch weights also its test size: ``test_input_size`` with
 ``test_crop_pct``, as timm evaluates); a dataset with its own crop (digits) keeps it.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (latest or --best step).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A step directory (or checkpoints dir).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A step directory, converted directory or PyTorch file.")
 _BEST = flags.DEFINE_bool("best", False, "Use the checkpoint with the best eval top-1.")
 _STEP = flags.DEFINE_integer("step", None, "Use this step.")
 _DATASET = flags.DEFINE_string("dataset", None, "Override the dataset name.")
@@ -53,21 +55,43 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
     ``eval_interpolation`` ...; None values are ignored) that win over the saved config.
 
     Paths (``path``, ``data_dir``/``manual_dir`` overrides) may be relative to the current
-    directory. Raises FileNotFoundError (no such checkpoint), CheckpointReadError (a ValueError:
-    corrupt metadata, or ``best`` without recorded eval metrics)."""
-    import jax  # noqa: PLC0415
+    directory. Raises FileNotFoundError (no such checkpoint), CheckpointError (a ValueError:
+    corrupt metadata, ``best`` without recorded eval metrics, variables that do not fit)."""
+    import jax  # noqa: PLC0415 -- heavy imports after absl has parsed the flags
+    import jax.numpy as jnp  # noqa: PLC0415
 
-    from eca_jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-    from eca_jax.train import loop  # noqa: PLC0415
-    from eca_jax.train import sharding as shd  # noqa: PLC0415
+    from eca_jax.checkpoints import abstract_variables, load, place_like  # noqa: PLC0415
+    from eca_jax.evaluation import evaluate_dataset, make_eval_step  # noqa: PLC0415
+    from eca_jax.train import sharding  # noqa: PLC0415
     from eca_jax.train.config import make_config  # noqa: PLC0415
-    from eca_jax.train.init_from import place_like  # noqa: PLC0415
-    from eca_jax.train.step import make_eval_step  # noqa: PLC0415
 
     if data_module is None:
         from eca_jax import data as data_module  # noqa: PLC0415
-    host, sig, chosen, where, step_number = _load(path, best=best, step=step)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    loaded = load(path, best=best, step=step)
+    config = make_config(**_config_keys(loaded.signature, overrides or {}))
+    mesh = sharding.make_mesh(-1, 1)
+    batch = config.eval_batch_size or config.batch_size
+    batch = -(-batch // mesh.size) * mesh.size  # round up to a multiple of the device count
+    model = loaded.signature.build(dtype=jnp.dtype(config.dtype))
+    replicated = sharding.replicated(mesh)
+    refs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                        abstract_variables(model, config.image_size))
+    variables = jax.tree.map(place_like, loaded.variables, refs)
+    metrics = evaluate_dataset(jax.jit(make_eval_step(model.apply)), variables, data_module, config,
+                               sharding.batch_sharding(mesh), batch, with_input=True)
+    settings = metrics.pop("input", None)
+    return {**metrics, "step": loaded.step, "model": config.model, "dataset": config.dataset,
+            "checkpoint": loaded.where, "eval_input": settings}
+
+
+def _config_keys(signature: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation config: the checkpoint's saved keys (a training checkpoint's config, or a
+    converted model's name and test size), then the explicit ``overrides``; data paths absolute."""
+    from eca_jax._paths import absolute_path  # noqa: PLC0415
+
+    chosen = {k: signature.config[k] for k in _SAVED_KEYS if k in signature.config}
+    chosen.update(model=signature.model, model_kwargs=dict(signature.model_kwargs), **signature.input_settings)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if "image_size" in overrides:  # an explicit size beats a saved eval_image_size
         chosen.pop("eval_image_size", None)
     if "eval_resize_size" in overrides or "eval_crop_pct" in overrides:
@@ -76,51 +100,8 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
     chosen.update(overrides)
     for key in ("data_dir", "manual_dir"):  # relative to the current directory
         if chosen.get(key):
-            chosen[key] = ckpt_lib.absolute_path(chosen[key])
-    config = make_config(**chosen)
-    mesh = shd.make_mesh(-1, 1)
-    batch = config.eval_batch_size or config.batch_size
-    batch = -(-batch // mesh.size) * mesh.size  # round up to a multiple of the device count
-    model = loop.build_model(config, int(sig["num_classes"]))
-    shapes = loop.variable_shapes(lambda n: model, config.image_size, int(sig["num_classes"]))
-    repl = shd.replicated(mesh)
-    refs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-    variables = jax.tree.map(place_like, host, refs)
-    eval_fn = jax.jit(make_eval_step(model.apply))
-    metrics = loop.evaluate(eval_fn, variables, data_module, config, shd.batch_sharding(mesh),
-                            batch, with_input=True)
-    settings = metrics.pop("input", None)
-    return {**metrics, "step": step_number, "model": config.model, "dataset": config.dataset,
-            "checkpoint": where, "eval_input": settings}
-
-
-def _load(path: str, *, best: bool, step: int | None) -> tuple[dict, dict, dict, str, int | None]:
-    """(host variables, signature {"model", "num_classes", ...}, config keys to reuse, resolved
-    path, step or None) of a training checkpoint or a converted directory."""
-    from eca_jax.convert import store  # noqa: PLC0415
-    from eca_jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-
-    if store.is_converted_dir(path):
-        if best or step is not None:
-            raise ValueError(f"{path} is a converted checkpoint: it has no steps (drop --best/--step).")
-        host, sig = store.load_converted(path)
-        chosen = {"model": sig["model"], "model_kwargs": sig.get("model_kwargs") or {},
-                  "image_size": _model_test_size(sig["model"])}
-        return host, sig, chosen, ckpt_lib.absolute_path(path), None
-    step_dir = ckpt_lib.resolve_step_dir(path, best=best, step=step)
-    sig = ckpt_lib.step_signature(step_dir)
-    if not sig.get("model"):
-        raise ValueError(f"{step_dir} has no model metadata; was it written by eca_jax.train?")
-    saved = dict(sig.get("config") or {})
-    chosen = {k: saved[k] for k in _SAVED_KEYS if k in saved}
-    return ckpt_lib.load_variables(step_dir), sig, chosen, str(step_dir), int(step_dir.name)
-
-
-def _model_test_size(model: str) -> int:
-    """The size a model's released weights are evaluated at: ``test_input_size``, else ``input_size``."""
-    from eca_jax.models import get_model_cfg  # noqa: PLC0415
-    cfg = get_model_cfg(model)
-    return int(cfg.test_input_size or cfg.input_size)
+            chosen[key] = absolute_path(chosen[key])
+    return chosen
 
 
 def main(argv: list[str]) -> None:
@@ -137,7 +118,7 @@ def main(argv: list[str]) -> None:
                  "eval_crop_pct": _CROP_PCT.value, "eval_interpolation": _INTERPOLATION.value}
     try:
         result = evaluate_checkpoint(path, best=_BEST.value, step=_STEP.value, overrides=overrides)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         sys.exit(f"error: {e}")
     print(json.dumps(result))
 

@@ -80,17 +80,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    from eca_jax.convert import ConversionError, load_any  # noqa: PLC0415
+    from eca_jax.checkpoints import CheckpointError, load  # noqa: PLC0415 -- jax after argparse
     from eca_jax.data.transforms import resolve_eval_settings  # noqa: PLC0415
-    from eca_jax.models import get_model_cfg  # noqa: PLC0415
     try:
-        module, variables, name = load_any(args.checkpoint, args.arch)
-        settings = resolve_eval_settings(args.image_size, model_cfg=get_model_cfg(name))
+        loaded = load(args.checkpoint, args.arch)
+        module, variables, name = loaded.module, loaded.variables, loaded.signature.model
+        settings = resolve_eval_settings(args.image_size, model_cfg=loaded.signature.model_cfg)
         size = settings.image_size
         images = load_images(args.images, size, None, settings.interpolation, settings.mean, settings.std,
                              resize_size=settings.resize_size)
         names = class_names(module.num_classes, args.labels)
-    except (ConversionError, ValueError, OSError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     indices, probs = predict(module, variables, images, args.top, args.batch_size)

@@ -43,8 +43,8 @@ CPUs (``os.sched_setaffinity``) before jax starts, which gives both frameworks t
 XLA flags: ``--xla-preset`` (default ``none``: XLA's defaults) or ``--xla-flags '...'`` are added to
 ``XLA_FLAGS`` before jax is imported; see eca_jax/perf.py and experiments/PERFORMANCE.md.
 
-Implementation switches: ``--impl 'name=false,...'`` builds the eca_jax models with
-``eca_jax.kernels.ImplOptions.parse(...)`` (e.g. ``hand_written_backward=false``: the unfused
+Implementation switches: ``--impl 'name=false,...'`` is the trainer's ``config.impl``: the eca_jax
+models are built with ``eca_jax.kernels.ImplOptions.parse(...)`` (e.g. ``hand_written_backward=false``: the unfused
 BatchNorm under autodiff); the default is every fast path.
 
     python experiments/benchmark.py                                   # CPU defaults, < 10 min on 2 cores
@@ -145,7 +145,7 @@ def torch_to_flax_variables(torch_model, flax_shapes: dict) -> dict:
     ``flax_shapes`` is the (abstract) variable tree of the Flax model. Strict: a missing,
     unexpected or mis-shaped key raises ``ConversionError`` (a ValueError) naming it.
     """
-    from eca_jax.convert.mapping import flax_from_state_dict
+    from eca_jax.convert import flax_from_state_dict
     state = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
     return flax_from_state_dict(state, flax_shapes, what="the benchmark's eca_jax model")
 
@@ -188,12 +188,18 @@ class Setup:
 IMAGENET_TRAIN_IMAGES = 1281167
 
 
-def train_config(setup: Setup) -> Any:
+def train_config(setup: Setup, spec: Optional[ModelSpec] = None) -> Any:
     """The trainer's config for ``setup``: ``make_config``'s defaults (the release's recipe), with
-    the benchmark's batch, image size, learning rate and seed, over the release's 100 epochs."""
+    the benchmark's batch, image size, learning rate, seed and implementation switches (``impl``),
+    over the release's 100 epochs; with ``spec`` also its model (name, kwargs, compute dtype)."""
     from eca_jax.train.config import make_config
+    model = {}
+    if spec is not None:
+        kwargs = {k: v for k, v in spec.jax_kwargs if k != "num_classes"}
+        model = dict(model=spec.jax_name, model_kwargs=kwargs,
+                     dtype="bfloat16" if setup.dtype == "bf16" else "float32")
     return make_config(batch_size=setup.batch_size, image_size=setup.image_size, learning_rate=setup.lr,
-                       seed=setup.seed, total_epochs=100.0)
+                       seed=setup.seed, total_epochs=100.0, impl=setup.impl, **model)
 
 
 def trainer_optimizer(setup: Setup) -> tuple[Any, Any]:
@@ -229,13 +235,11 @@ def jax_contender(name: str, spec: ModelSpec, torch_model, batch, setup: Setup, 
     """The eca_jax model under ``jax.jit`` with ``torch_model``'s weights (``train``: the trainer's step)."""
     import jax
     import jax.numpy as jnp
-    from eca_jax.kernels import ImplOptions
-    from eca_jax.models import create_model
+    from eca_jax.train.loop import build_model
 
     dtype = jnp.bfloat16 if setup.dtype == "bf16" else jnp.float32
-    kwargs = dict(spec.jax_kwargs)
-    kwargs.setdefault("num_classes", setup.num_classes)
-    model = create_model(spec.jax_name, dtype=dtype, impl=ImplOptions.parse(setup.impl), **kwargs)
+    # The trainer's model: its config's model, model_kwargs, dtype and impl switches.
+    model = build_model(train_config(setup, spec), dict(spec.jax_kwargs).get("num_classes", setup.num_classes))
     device = jax.devices()[0]
     _, images_nhwc, labels = batch
     x = jax.device_put(jnp.asarray(images_nhwc, dtype), device)

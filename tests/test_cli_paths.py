@@ -22,9 +22,13 @@ from PIL import Image
 
 from eca_jax import convert
 from eca_jax._lock import LockHeldError, file_lock
-from eca_jax.convert.mapping import ConversionError
-from eca_jax.train import checkpoint as ckpt_lib
-from eca_jax.train.checkpoint import CheckpointReadError, WorkdirInUseError
+from eca_jax import checkpoints
+from eca_jax._paths import absolute_path
+from eca_jax.checkpoints import converted as converted_dirs
+from eca_jax.checkpoints import training as training_checkpoints
+from eca_jax.checkpoints.errors import CheckpointReadError, ConversionError
+from eca_jax.train import checkpoint as train_checkpoint
+from eca_jax.train.checkpoint import WorkdirInUseError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "configs", "smoke.py")
@@ -69,7 +73,7 @@ def smoke(tmp_path_factory, env):
     cwd = tmp_path_factory.mktemp("cwd")
     proc = run(cwd, env, *train_args("workdirs/smoke"))
     assert last_json(proc.stdout)["step"] == 8
-    assert ckpt_lib.committed_steps(cwd / "workdirs/smoke/checkpoints") == [4, 8]
+    assert training_checkpoints.committed_steps(cwd / "workdirs/smoke/checkpoints") == [4, 8]
     return cwd
 
 
@@ -90,11 +94,11 @@ def fake_checkpoints(root, steps=(4, 8), metrics=None) -> None:
 
 def test_absolute_path_resolves_against_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert ckpt_lib.absolute_path("workdirs/a/") == str(tmp_path / "workdirs" / "a")
-    assert ckpt_lib.absolute_path(tmp_path / "b") == str(tmp_path / "b")
-    assert ckpt_lib.absolute_path("gs://bucket/workdir") == "gs://bucket/workdir"
+    assert absolute_path("workdirs/a/") == str(tmp_path / "workdirs" / "a")
+    assert absolute_path(tmp_path / "b") == str(tmp_path / "b")
+    assert absolute_path("gs://bucket/workdir") == "gs://bucket/workdir"
     fake_checkpoints(tmp_path / "w" / "checkpoints")
-    assert ckpt_lib.resolve_step_dir("w") == tmp_path / "w" / "checkpoints" / "8"
+    assert training_checkpoints.resolve_step_dir("w") == tmp_path / "w" / "checkpoints" / "8"
 
 
 def test_corrupt_metadata_json_is_an_error_naming_the_file(tmp_path):
@@ -103,16 +107,16 @@ def test_corrupt_metadata_json_is_an_error_naming_the_file(tmp_path):
     bad = root / "8" / "_CHECKPOINT_METADATA"
     bad.write_text('{"custom_metadata": {"model": "eca_res')  # truncated
     with pytest.raises(CheckpointReadError, match=f"Corrupt checkpoint metadata {bad}: not valid JSON"):
-        ckpt_lib.step_signature(root / "8")
+        training_checkpoints.step_signature(root / "8")
     with pytest.raises(CheckpointReadError, match=str(bad)):
-        ckpt_lib.read_root_signature(root)
+        training_checkpoints.read_root_signature(root)
     (root / "8" / "metrics" / "metrics").write_text("[0.5]")
     with pytest.raises(CheckpointReadError, match="expected a JSON object, found list"):
-        ckpt_lib.resolve_step_dir(tmp_path / "w", best=True)
+        training_checkpoints.resolve_step_dir(tmp_path / "w", best=True)
     converted = tmp_path / "converted"
     converted.mkdir()
-    (converted / convert.store.METADATA_FILE).write_text("{")
-    with pytest.raises(ConversionError, match=f"{converted / convert.store.METADATA_FILE}: corrupt metadata"):
+    (converted / converted_dirs.METADATA_FILE).write_text("{")
+    with pytest.raises(ConversionError, match=f"{converted / converted_dirs.METADATA_FILE}: corrupt metadata"):
         convert.read_metadata(converted)
 
 
@@ -120,20 +124,20 @@ def test_best_without_eval_metrics_is_an_error(tmp_path):
     fake_checkpoints(tmp_path / "checkpoints")  # saved without metrics (no eval ran)
     with pytest.raises(CheckpointReadError, match=r"No eval metrics recorded in .*checkpoints.*"
                                                   r"pass --step \(one of \[4, 8\]\) or drop --best"):
-        ckpt_lib.resolve_step_dir(tmp_path, best=True)
-    assert ckpt_lib.resolve_step_dir(tmp_path).name == "8"
+        training_checkpoints.resolve_step_dir(tmp_path, best=True)
+    assert training_checkpoints.resolve_step_dir(tmp_path).name == "8"
     fake_checkpoints(tmp_path / "checkpoints", steps=(12, 16), metrics={"top1": 0.3})
     (tmp_path / "checkpoints" / "12" / "metrics" / "metrics").write_text('{"top1": 0.7}')
-    assert ckpt_lib.resolve_step_dir(tmp_path, best=True).name == "12"
+    assert training_checkpoints.resolve_step_dir(tmp_path, best=True).name == "12"
 
 
 def test_workdir_lock_refuses_a_second_holder_until_released(tmp_path):
-    with ckpt_lib.workdir_lock(tmp_path / "w"):
+    with train_checkpoint.workdir_lock(tmp_path / "w"):
         with pytest.raises(WorkdirInUseError, match=rf"workdir {tmp_path / 'w'} is in use by another "
                                                     rf"training process \(pid {os.getpid()}\)"):
-            with ckpt_lib.workdir_lock(tmp_path / "w"):
+            with train_checkpoint.workdir_lock(tmp_path / "w"):
                 pass
-    with ckpt_lib.workdir_lock(tmp_path / "w"):  # released on exit
+    with train_checkpoint.workdir_lock(tmp_path / "w"):  # released on exit
         pass
     with file_lock(tmp_path / "x.lock"):
         with pytest.raises(LockHeldError):
@@ -153,7 +157,7 @@ def test_failed_init_from_leaves_no_root_metadata(tmp_path, monkeypatch):
     stale = tmp_path / "w" / "checkpoints" / "metadata"  # e.g. from a run killed before its first save
     stale.mkdir(parents=True)
     (stale / "_ROOT_METADATA").write_text(json.dumps({"custom_metadata": {"model": "resnet8_cifar"}}))
-    checkpointer = ckpt_lib.Checkpointer("w", {"model": "eca_resnet8_cifar", "num_classes": 4})
+    checkpointer = train_checkpoint.Checkpointer("w", {"model": "eca_resnet8_cifar", "num_classes": 4})
     checkpointer.close()
     assert "eca_resnet8_cifar" in (stale / "_ROOT_METADATA").read_text()
 
@@ -168,7 +172,7 @@ def test_evaluate_and_export_a_workdir_by_relative_paths(smoke, env):
     four = last_json(run(smoke, env, "eca_jax.evaluate", "--checkpoint", "workdirs/smoke/checkpoints/4").stdout)
     assert four["step"] == 4
     assert run(smoke, env, "eca_jax.convert", "workdirs/smoke/", "my.pth", "--to", "torch").returncode == 0
-    trained = ckpt_lib.load_variables(smoke / "workdirs" / "smoke" / "checkpoints" / "8")
+    trained = training_checkpoints.load_variables(smoke / "workdirs" / "smoke" / "checkpoints" / "8")
     variables = convert.flax_from_torch_state_dict(convert.read_state_dict(smoke / "my.pth")[0], trained)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(trained)))
 
@@ -188,15 +192,17 @@ def test_converted_directory_round_trip_and_predict_by_relative_paths(tmp_path, 
     out = json.loads(run(tmp_path, env, "eca_jax.predict", "img.png", "--checkpoint", "ckpt/x", "--json").stdout)
     assert out["model"] == "eca_resnet8_cifar" and len(out["results"][0]["top"]) == 5
     monkeypatch.chdir(tmp_path)  # the README's Python lines, in this process (one start-up less)
-    loaded_module, loaded, meta = convert.load("ckpt/x")
-    assert meta["arch"] == "eca_resnet8_cifar" and loaded_module == module
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)))
-    assert convert.load_any("ckpt/x")[2] == "eca_resnet8_cifar"
+    loaded = checkpoints.load("ckpt/x")
+    assert loaded.metadata["arch"] == "eca_resnet8_cifar" and loaded.module == module
+    assert loaded.kind == "converted" and loaded.signature.model == "eca_resnet8_cifar"
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(variables)))
+    from_file = checkpoints.load("x.pth")  # the same reader takes the PyTorch file
+    assert from_file.kind == "torch" and from_file.signature == loaded.signature
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, root, log, timeout: float = 240.0) -> None:
     t0 = time.time()
-    while not ckpt_lib.committed_steps(root):
+    while not training_checkpoints.committed_steps(root):
         if proc.poll() is not None:
             raise AssertionError(f"trainer exited early:\n{log.read_text()[-3000:]}")
         if time.time() - t0 > timeout:
@@ -216,7 +222,7 @@ def test_init_from_relative_and_one_trainer_per_workdir(smoke, env):
     root = smoke / "workdirs" / "ft" / "checkpoints"
     try:
         _wait_for_checkpoint(first, root, log)
-        assert f"Initialised from {smoke / 'workdirs' / 'smoke'} (eca_resnet8_cifar)" in log.read_text()
+        assert f"Initialised from {smoke / 'workdirs' / 'smoke'} (eca_resnet8_cifar" in log.read_text()
         first.send_signal(signal.SIGSTOP)  # still holds the workdir, no longer takes a CPU core
         # ... so a second trainer on it is refused at once ...
         second = run(smoke, env, *ft, "--config.total_steps=100000", ok=False)
@@ -228,7 +234,7 @@ def test_init_from_relative_and_one_trainer_per_workdir(smoke, env):
         first.send_signal(signal.SIGKILL)
         first.wait()
     # ... and after kill -9 the next run takes the workdir over and resumes.
-    last = ckpt_lib.committed_steps(root)[-1]
+    last = training_checkpoints.committed_steps(root)[-1]
     proc = run(smoke, env, *ft, f"--config.total_steps={last + 2}")
     assert f"Resumed from {root}/{last} " in proc.stdout
     assert last_json(proc.stdout)["step"] == last + 2

@@ -94,3 +94,21 @@ def test_config_loads_validates_and_builds(path):
     kernels = {p for p in mask if p.endswith("kernel")}
     assert kernels and len(kernels) < len(mask)
     assert {p for p, decayed in mask.items() if decayed} == kernels
+
+
+def test_impl_switches_from_the_config():
+    """config.impl ("" = the defaults) reaches the model as ImplOptions.parse(config.impl); a bad
+    switch name or value is a config error naming the key, as is model_kwargs.impl."""
+    from eca_jax.kernels import ImplOptions
+    from eca_jax.train.config import make_config
+
+    config = make_config(total_steps=1, model="eca_resnet8_cifar", impl="pointwise_as_dot=false")
+    validate_config(config)
+    assert build_model(config, 10).impl == ImplOptions.parse("pointwise_as_dot=false")
+    assert build_model(make_config(total_steps=1, model="eca_resnet8_cifar"), 10).impl == ImplOptions()
+    for bad, match in [("pointwise_as_dott=false", r"config.impl=.*unknown implementation switch"),
+                       ("pointwise_as_dot=maybe", r"config.impl=.*takes true or false")]:
+        with pytest.raises(ValueError, match=match):
+            validate_config(make_config(total_steps=1, impl=bad))
+    with pytest.raises(ValueError, match="config.impl, not config.model_kwargs.impl"):
+        validate_config(make_config(total_steps=1, model_kwargs=dict(impl="")))

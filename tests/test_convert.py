@@ -24,7 +24,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-from eca_jax import convert
+from eca_jax import checkpoints, convert
 from eca_jax.convert.__main__ import main as cli
 from eca_jax.convert.verify import relative_error
 from eca_jax.models import create_model, get_model_cfg
@@ -554,17 +554,18 @@ def test_cli_converts_stores_and_exports(r18_release, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "architecture: eca_resnet18" in out and "ECA k: [3, 5, 7, 7]" in out and "relative error" in out
     assert "the file says arch='resnet18'" in out
-    module, variables, meta = convert.load(dst)
+    loaded = checkpoints.load(dst)
+    variables, meta = loaded.variables, loaded.metadata
     assert meta["arch"] == "eca_resnet18" and meta["num_classes"] == 1000
     assert meta["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["source"] == str(path) and meta["eca_k"]["layer4.1.eca.conv"] == 7
     assert meta["verify"]["rel_err"] < TOL_EVAL
     assert_bit_exact(variables, convert.from_torch(path)[1])
-    # The trainer's init_from reads it too.
-    from eca_jax.train import init_from
-    loaded, signature = init_from.load(str(dst))
-    assert signature["model"] == "eca_resnet18"
-    assert_bit_exact(loaded, variables)
+    # The same reader gives the same weights from the PyTorch file itself.
+    direct = checkpoints.load(path)
+    assert direct.signature.model == loaded.signature.model == "eca_resnet18"
+    assert direct.signature.model_kwargs == loaded.signature.model_kwargs
+    assert_bit_exact(direct.variables, variables)
     # Back to PyTorch: strict load, bit-exact tensors.
     back = tmp_path / "back.pth"
     assert cli([str(dst), str(back), "--to", "torch", "--verify", "--verify-size", "64"]) == 0
@@ -581,8 +582,8 @@ def test_cli_new_head(r18_release, tmp_path, capsys):
     with pytest.warns(UserWarning):
         assert cli([str(path), str(dst), "--num-classes", "10", "--verify", "--verify-size", "64"]) == 0
     assert "note: new classifier fc with 10 classes" in capsys.readouterr().out
-    module, variables, meta = convert.load(dst)
-    assert module.num_classes == 10 == meta["num_classes"]
+    loaded = checkpoints.load(dst)
+    assert loaded.module.num_classes == 10 == loaded.metadata["num_classes"]
 
 
 def test_python_dash_m_entry_point(tmp_path):

@@ -424,6 +424,26 @@ def test_preprocess_for_eval_rejects_path_and_small_resize():
         data.preprocess_for_eval(synthetic_photo(40, 40, 0), image_size=224, resize_size=200)
 
 
+
+def test_resolve_normalization_explicit_then_model_then_imagenet():
+    """One rule for train and eval: explicit mean/std > the model's (ModelCfg) > ImageNet's, as
+    3-float tuples; a wrong length, a non-number or a std <= 0 is a ValueError naming it."""
+    class Cfg:
+        mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    assert T.resolve_normalization() == (T.IMAGENET_MEAN, T.IMAGENET_STD)
+    assert T.resolve_normalization(None, None, Cfg) == ((0.5,) * 3, (0.25,) * 3)
+    assert T.resolve_normalization([0, 1, 0], None, Cfg) == ((0.0, 1.0, 0.0), (0.25,) * 3)
+    assert data.resolve_normalization is T.resolve_normalization
+    for mean, std, match in [((0.5, 0.5), None, "mean must have 3 values"),
+                             (("a", 0, 0), None, "mean must be 3 numbers"),
+                             (None, (1, 0, 1), "std must be positive")]:
+        with pytest.raises(ValueError, match=match):
+            T.resolve_normalization(mean, std)
+    with pytest.raises(ValueError, match="std must have 3 values"):
+        data.make_train_iterator("digits", global_batch_size=8, image_size=8, seed=0, sharding=None,
+                                 std=(1.0,))
+
 @pytest.mark.parametrize("name,suggestion", [("imagenet2021", "imagenet2012"), ("digts", "digits"),
                                              ("cifar_10", "cifar10")])
 def test_unknown_dataset_name_lists_close_names(name, suggestion, data_dir, sharding):

@@ -150,13 +150,13 @@ def photos_dir(tmp_path_factory) -> str:
 def _converted(tmp_path, name: str) -> str:
     """A converted-checkpoint directory of a tiny ``name`` (zero weights: only the input matters
     here, and no init is compiled), as eca_jax.convert writes it."""
-    from eca_jax.convert import store
+    from eca_jax.checkpoints import converted
     model = create_model(name, num_classes=NUM_CLASSES, **TINY)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32),
                                                train=False))
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    return store.save(tmp_path / name, variables, {"arch": name, "num_classes": NUM_CLASSES,
-                                                   "model_kwargs": TINY})
+    return converted.save(tmp_path / name, variables, {"arch": name, "num_classes": NUM_CLASSES,
+                                                       "model_kwargs": TINY})
 
 
 class _Stop(Exception):

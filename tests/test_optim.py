@@ -24,12 +24,14 @@ from flax import traverse_util
 
 import eca_jax.nn as enn
 from eca_jax.models.layers import batch_norm, classifier, conv2d
-from eca_jax.train import checkpoint as ckpt_lib
+from eca_jax.checkpoints.training import load_variables, resolve_step_dir
+from eca_jax.train.checkpoint import Checkpointer
 from eca_jax.train.config import make_config, to_steps, validate_config
 from eca_jax.train.loop import build_model, train_and_evaluate
 from eca_jax.train.optim import make_optimizer, make_schedule
 from eca_jax.train.state import TrainState, init_state, make_init_fn
-from eca_jax.train.step import cross_entropy, make_train_step
+from eca_jax.evaluation import cross_entropy
+from eca_jax.train.step import make_train_step
 from train_helpers import NUM_CLASSES, SyntheticData, _examples, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,10 +332,10 @@ SCHED_TOL = 1e-6   # measured <= 2.1e-7 (AMD EPYC; float32 schedule vs float64 c
 def test_step_schedule_at_its_boundaries():
     """lr * factor ** (count // (lr_decay_epochs * steps/epoch)): the update just before a
     boundary keeps the old lr, the update at the boundary and after it get the new one."""
-    spe, every = 10, 30
+    steps_per_epoch, every = 10, 30
     config = make_config(total_steps=100, learning_rate=0.1, schedule="step",
                          lr_decay_factor=0.1, lr_decay_epochs=3.0)
-    schedule = make_schedule(config, spe, 100)
+    schedule = make_schedule(config, steps_per_epoch, 100)
     counts = [0, 1] + [c for b in (30, 60, 90) for c in (b - 1, b, b + 1)] + [99]
     expected = [0.1 * 0.1 ** (c // every) for c in counts]
     assert_rel_close(schedule_values(schedule, counts), expected, SCHED_TOL)
@@ -356,11 +358,11 @@ def test_mobilenet_v2_schedule_is_0_98_per_epoch():
     """The MobileNetV2 release config: 0.045 * 0.98 ** epoch with epoch = count // steps/epoch
     (ImageNet at batch 96: 13345 steps/epoch), at epoch boundaries up to the last epoch."""
     config = load_config("imagenet_eca_mobilenet_v2")
-    spe = IMAGENET_TRAIN // config.batch_size
-    total = to_steps(config, "total", spe)
-    schedule = make_schedule(config, spe, total)
-    counts = [0, 1, total - 1] + [e * spe + d for e in (1, 2, 10, 200, 399) for d in (-1, 0, 1)]
-    expected = [0.045 * 0.98 ** (c // spe) for c in counts]
+    steps_per_epoch = IMAGENET_TRAIN // config.batch_size
+    total = to_steps(config, "total", steps_per_epoch)
+    schedule = make_schedule(config, steps_per_epoch, total)
+    counts = [0, 1, total - 1] + [e * steps_per_epoch + d for e in (1, 2, 10, 200, 399) for d in (-1, 0, 1)]
+    expected = [0.045 * 0.98 ** (c // steps_per_epoch) for c in counts]
     # measured 7.8e-6 at epoch 399: float32(0.98) is 1.9e-8 off, compounded 399 times
     assert_rel_close(schedule_values(schedule, counts), expected, 2e-5)
 
@@ -371,11 +373,11 @@ def test_warmup_cosine_schedule_of_ecaresnet50d():
     Errors are measured relative to the peak lr (float32 near 0 has no relative accuracy:
     optax's warmup at count 1 and the cosine's last values are differences of O(lr) terms)."""
     config = load_config("imagenet_ecaresnet50d")
-    spe = IMAGENET_TRAIN // config.batch_size
-    total, warmup = to_steps(config, "total", spe), to_steps(config, "warmup", spe)
-    assert (spe, warmup, total) == (1251, 6255, 250200)
+    steps_per_epoch = IMAGENET_TRAIN // config.batch_size
+    total, warmup = to_steps(config, "total", steps_per_epoch), to_steps(config, "warmup", steps_per_epoch)
+    assert (steps_per_epoch, warmup, total) == (1251, 6255, 250200)
     lr = config.learning_rate
-    schedule = make_schedule(config, spe, total)
+    schedule = make_schedule(config, steps_per_epoch, total)
 
     def closed(c):
         if c < warmup:
@@ -474,9 +476,9 @@ def test_grad_accumulation_through_the_train_step():
     BatchNorm running averages are not compared: accumulation updates them once per
     micro-batch, bn_groups once per update with the mean of the groups' statistics.
 
-    Step semantics: ``state.step`` counts train_step calls (micro-steps), here 6 for 3
-    updates; the optimizer's own counters count updates (3). Taking every micro-batch as an
-    update of its own (no accumulation) lands >= 100x the bound away (asserted)."""
+    Step semantics: ``state.step`` counts optimizer updates (3 after 6 micro-steps), as the
+    optimizer's own counter does. Taking every micro-batch as an update of its own (no
+    accumulation) lands >= 100x the bound away (asserted)."""
     accum, initial = _train_tiny(3, 16, grad_accum_steps=2, bn_groups=1)
     full, _ = _train_tiny(3, 16, grad_accum_steps=1, bn_groups=2)
     err = rel_err(jax.device_get(accum.params), jax.device_get(full.params))
@@ -486,8 +488,44 @@ def test_grad_accumulation_through_the_train_step():
     separate, _ = _train_tiny(6, 8, grad_accum_steps=1, bn_groups=1)
     far = rel_err(jax.device_get(separate.params), jax.device_get(full.params))
     assert far > 100 * ACCUM_TOL, far  # measured 2.5
-    assert int(accum.step) == 6 and int(full.step) == 3
+    assert int(accum.step) == 3 and int(full.step) == 3
     assert int(accum.opt_state.gradient_step) == 3 and int(accum.opt_state.mini_step) == 0
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_state_step_counts_updates_and_each_micro_batch_has_its_key(accum):
+    """``state.step`` advances once per optimizer update (with grad_accum_steps=3: on the third
+    micro-step of each), and micro-batch i of update k draws the dropout key
+    ``fold_in(fold_in(rng, k), i)``: a model whose logits are uniform noise from that key gives
+    exactly those losses, all different (identical batches, so only the key differs)."""
+    num_classes, updates = 4, 2
+    config = make_config(total_steps=updates, batch_size=6, grad_accum_steps=accum,
+                         weight_decay=0.0)
+    tx, _ = make_optimizer(config, steps_per_epoch=updates, total_steps=updates)
+
+    def apply_fn(variables, x, train, mutable, rngs):
+        noise = jax.random.uniform(rngs["dropout"], (x.shape[0], num_classes))
+        return noise + 0.0 * variables["params"]["w"], {}
+
+    params = {"w": jnp.zeros((num_classes,))}
+    rng = jax.random.PRNGKey(7)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                       opt_state=tx.init(params), rng=rng)
+    step = jax.jit(make_train_step(apply_fn, tx, 0.0, 1))
+    labels = jnp.zeros((6 // accum,), jnp.int32)
+    batch = {"image": jnp.zeros((6 // accum, 1, 1, 3)), "label": labels}
+    losses, steps, expected = [], [], []
+    for k in range(updates):
+        for i in range(accum):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+            steps.append(int(state.step))
+            key = jax.random.fold_in(jax.random.fold_in(rng, k), i)
+            noise = jax.random.uniform(key, (labels.shape[0], num_classes))
+            expected.append(float(cross_entropy(noise, labels).mean()))
+    assert steps == [k + (i == accum - 1) for k in range(updates) for i in range(accum)]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert len(set(losses)) == len(losses), losses
 
 
 @pytest.mark.slow
@@ -495,16 +533,24 @@ def test_loop_grad_accumulation_equals_the_full_batch(tmp_path):
     """The loop itself (train_and_evaluate on 8 devices, synthetic data): grad_accum_steps=2
     and batch 16 ends with the same parameters as batch 16 with bn_groups=2 (the loop feeds
     micro-batches of batch_size / grad_accum_steps and calls the step that often per update);
-    both checkpoints are numbered by updates."""
+    both checkpoints are numbered by updates, and the saved ``state.step`` is that number too."""
+    from eca_jax.train import loop
     finals = {}
     for name, extra in {"accum": dict(grad_accum_steps=2), "groups": dict(bn_groups=2)}.items():
         config = tiny_config(batch_size=16, total_steps=3, eval_every_steps=3,
                              checkpoint_every_steps=3, schedule="cosine", warmup_steps=1,
                              **extra)
         result = train_and_evaluate(config, str(tmp_path / name), data_module=SyntheticData())
-        step_dir = ckpt_lib.resolve_step_dir(tmp_path / name)
+        step_dir = resolve_step_dir(tmp_path / name)
         assert result["step"] == 3 and step_dir.name == "3"
-        finals[name] = ckpt_lib.load_variables(step_dir)["params"]
+        finals[name] = load_variables(step_dir)["params"]
+        plan = loop._plan(config, str(tmp_path / name), SyntheticData())
+        saved = Checkpointer(str(tmp_path / name), loop.signature(config, NUM_CLASSES))
+        try:
+            state, _ = saved.restore(3, loop._abstract_with_shardings(plan.abstract, plan.shardings))
+        finally:
+            saved.close_quietly()
+        assert int(state.step) == 3, int(state.step)
     err = rel_err(finals["accum"], finals["groups"])
     # measured 7.4e-7 (8 devices; 1.6e-6 on 1 device with XLA's optimisations on); taking each
     # micro-batch as an update of its own (batch 8, 6 steps) measured 2.7

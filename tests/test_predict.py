@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory):
     pth = folder / "eca_resnet18.pth"
     torch.save(model.state_dict(), pth)
     converted = convert.convert(pth)
-    dst = convert.save(folder / "ckpt", converted.variables, convert.store.metadata_for(converted))
+    dst = convert.save(folder / "ckpt", converted.variables, convert.metadata_for(converted))
     return dst, pth, converted
 
 

@@ -25,9 +25,8 @@ from flax import traverse_util
 
 import eca_jax.nn as enn
 from eca_jax.models.layers import batch_norm, classifier, conv2d
-from eca_jax.train import checkpoint as ckpt_lib
-from eca_jax.train import init_from as init_lib
-from eca_jax.train import sharding as shd
+from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, load_variables, resolve_step_dir
+from eca_jax.train import init_from, sharding
 from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
 from eca_jax.train.config import (check_override_flags, make_config, to_steps,
                                   validate_config)
@@ -55,8 +54,8 @@ def rel_err(a, b) -> float:
 
 
 def final_variables(workdir):
-    step_dir = ckpt_lib.resolve_step_dir(workdir)
-    return int(step_dir.name), ckpt_lib.load_variables(step_dir)
+    step_dir = resolve_step_dir(workdir)
+    return int(step_dir.name), load_variables(step_dir)
 
 
 _CACHE_DIR: list[str] = []  # one persistent compilation cache shared by this module's workers
@@ -201,12 +200,12 @@ def _three_steps(mesh, fsdp_min_size=2 ** 30):
     tx, _ = make_optimizer(config, steps_per_epoch=16, total_steps=3)
     init_fn = make_init_fn(model, tx, (1, 8, 8, 3))
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-    shardings = shd.tree_shardings(abstract, mesh, fsdp_min_size)
+    shardings = sharding.tree_shardings(abstract, mesh, fsdp_min_size)
     state = init_state(init_fn, jax.random.PRNGKey(0), shardings)
     initial = jax.device_get(state.variables)
-    batch_sh = shd.batch_sharding(mesh)
+    batch_sh = sharding.batch_sharding(mesh)
     step = jax.jit(make_train_step(model.apply, tx, 0.1, 1), in_shardings=(shardings, batch_sh),
-                   out_shardings=(shardings, shd.replicated(mesh)))
+                   out_shardings=(shardings, sharding.replicated(mesh)))
     for i in range(3):
         images, labels = _examples(np.arange(16 * i, 16 * (i + 1)), 8, 1)
         state, _ = step(state, {"image": jax.device_put(images, batch_sh),
@@ -215,9 +214,9 @@ def _three_steps(mesh, fsdp_min_size=2 ** 30):
 
 
 def test_eight_devices_and_fsdp_equal_one_device():
-    single, _, fresh = _three_steps(shd.make_mesh(1, 1))
-    data8, _, _ = _three_steps(shd.make_mesh(-1, 1))
-    fsdp, shardings, _ = _three_steps(shd.make_mesh(2, 4), fsdp_min_size=64)
+    single, _, fresh = _three_steps(sharding.make_mesh(1, 1))
+    data8, _, _ = _three_steps(sharding.make_mesh(-1, 1))
+    fsdp, shardings, _ = _three_steps(sharding.make_mesh(2, 4), fsdp_min_size=64)
     specs = [s.spec for s in jax.tree.leaves(shardings.params)]
     opt_specs = [s.spec for s in jax.tree.leaves(shardings.opt_state)]
     assert any("fsdp" in tuple(s) for s in specs) and any("fsdp" in tuple(s) for s in opt_specs)
@@ -272,7 +271,7 @@ def test_sigterm_saves_and_resume_is_exact(reference, tmp_path):
     assert rc == 0, err[-3000:]
     result = last_json(out)
     assert result["preempted"] and 3 <= result["step"] < 8
-    assert ckpt_lib.resolve_step_dir(tmp_path / "w").name == str(result["step"])  # saved on TERM
+    assert resolve_step_dir(tmp_path / "w").name == str(result["step"])  # saved on TERM
     rc, out, err = finish(start_worker(tmp_path / "w"))
     assert rc == 0, err[-3000:]
     assert last_json(out)["step"] == 8
@@ -290,10 +289,10 @@ def test_sigkill_during_async_save_never_leaves_a_usable_partial(reference, tmp_
     wait_for(marker.exists, proc=proc, what="the second async save")
     proc.send_signal(signal.SIGKILL)
     finish(proc)
-    ckpt_dir = tmp_path / "w" / ckpt_lib.CHECKPOINT_DIRNAME
+    ckpt_dir = tmp_path / "w" / CHECKPOINT_DIRNAME
     names = sorted(os.listdir(ckpt_dir))
     assert any("tmp" in n for n in names), names  # the killed save is left half-written ...
-    assert ckpt_lib.resolve_step_dir(tmp_path / "w").name == "4"  # ... and never picked up
+    assert resolve_step_dir(tmp_path / "w").name == "4"  # ... and never picked up
     rc, out, err = finish(start_worker(tmp_path / "w"))
     assert rc == 0, err[-3000:]
     assert "Resumed from" in out and f"{os.sep}4 " in out
@@ -313,9 +312,9 @@ def test_out_of_disk_keeps_previous_checkpoint_and_resumes_on_another_mesh(
         install_save_fault("enospc", 2, None)
         with pytest.raises(CheckpointSaveError, match=r"No space left.*step 4\) is intact"):
             train_and_evaluate(tiny_config(**RUN), workdir, data_module=SyntheticData())
-    step_dir = ckpt_lib.resolve_step_dir(workdir)
+    step_dir = resolve_step_dir(workdir)
     assert step_dir.name == "4"
-    assert ckpt_lib.load_variables(step_dir)["params"]  # still readable
+    assert load_variables(step_dir)["params"]  # still readable
     # Resume on 4 devices as data 2 x fsdp 2 (another device count and mesh shape).
     result = train_and_evaluate(tiny_config(**RUN, mesh=dict(data=2, fsdp=2), fsdp_min_size=64),
                                 workdir, data_module=SyntheticData())
@@ -340,12 +339,12 @@ def test_init_from_mismatch_and_head_reset(reference, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="holds model 'eca_resnet8_cifar'"):
         train_and_evaluate(tiny_config(**RUN, model="resnet8_cifar", init_from=str(ref_dir)),
                            str(tmp_path / "a"), data_module=SyntheticData())
-    wrong_arch = ckpt_lib.load_variables(ckpt_lib.resolve_step_dir(ref_dir))
+    wrong_arch = load_variables(resolve_step_dir(ref_dir))
     with pytest.raises(CheckpointMismatchError, match="differ outside the classifier"):
         flat = traverse_util.flatten_dict(wrong_arch["params"], sep="/")
         key = next(k for k in flat if k.endswith("conv1/kernel"))
         flat[key] = np.zeros(flat[key].shape[:-1] + (flat[key].shape[-1] + 1,), np.float32)
-        init_lib.merge(ref_vars, {"params": traverse_util.unflatten_dict(flat, sep="/"),
+        init_from.merge(ref_vars, {"params": traverse_util.unflatten_dict(flat, sep="/"),
                                   "batch_stats": ref_vars["batch_stats"]},
                        set(), False, "x", "eca_resnet8_cifar")
     # Same architecture, 3 classes instead of 4: an error unless the head may be reset.
@@ -357,7 +356,7 @@ def test_init_from_mismatch_and_head_reset(reference, tmp_path):
         lambda: build_model(config, n).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
     kwargs = dict(model_name=config.model, num_classes=3, make_shapes=shapes, log=lambda s: None)
     with pytest.raises(CheckpointMismatchError, match="init_from_reset_head=True"):
-        init_lib.apply(state, str(ref_dir), reset_head=False, **kwargs)
+        init_from.apply(state, str(ref_dir), reset_head=False, **kwargs)
     # The same through a directory written by eca_jax.convert (released weights).
     from eca_jax import convert
     converted = convert.save(tmp_path / "converted", ref_vars, {
@@ -366,7 +365,7 @@ def test_init_from_mismatch_and_head_reset(reference, tmp_path):
     body = {"params": {k: v for k, v in ref_vars["params"].items() if k != "fc"},
             "batch_stats": ref_vars["batch_stats"]}
     for source in (str(ref_dir), converted):
-        new = jax.device_get(init_lib.apply(state, source, reset_head=True, **kwargs).variables)
+        new = jax.device_get(init_from.apply(state, source, reset_head=True, **kwargs).variables)
         assert np.array_equal(new["params"]["fc"]["kernel"],
                               jax.device_get(state.params["fc"]["kernel"]))
         new["params"].pop("fc")

@@ -8,25 +8,27 @@
     convert.to_torch("eca_resnet50", variables, "eca_resnet50.pth")         # back, release layout
 
     convert.save("ckpt/eca_resnet50", variables, {"arch": "eca_resnet50", "num_classes": 1000})
-    module, variables, metadata = convert.load("ckpt/eca_resnet50")         # what the CLI writes
+    loaded = eca_jax.checkpoints.load("ckpt/eca_resnet50")                  # what the CLI writes
 
 Command line: ``python -m eca_jax.convert SRC DST [--arch NAME] [--num-classes N] [--to torch] [--verify]``.
 
-Modules: :mod:`.mapping` (Flax leaf <-> PyTorch key, transposes; pure NumPy), :mod:`.io` (reading
-and writing files), :mod:`.arch` (architecture and k from keys and shapes), :mod:`.api`
-(from_torch / to_torch), :mod:`.store` (converted directories), :mod:`.torch_forward` and
-:mod:`.verify` (``--verify``).
+The converter maps names and writes: reading PyTorch files, key names and order, and architecture
+inference live in the checkpoint layer (:mod:`eca_jax.checkpoints`), re-exported here; this
+package adds the export (:mod:`.api`), the command line (:mod:`.__main__`) and ``--verify``
+(:mod:`.torch_forward`, :mod:`.verify`).
 """
-from eca_jax.convert.mapping import ConversionError, flax_from_state_dict, state_dict_from_flax
-from eca_jax.convert.io import UnreadableCheckpointError, UnsafePickleError, read_state_dict
-from eca_jax.convert.arch import (AmbiguousArchitectureError, Architecture, UnknownArchitectureError,
-                                  describe, resolve)
-from eca_jax.convert.api import (Converted, convert, flax_from_torch_state_dict, from_torch, to_torch,
-                                 to_torch_state_dict)
-from eca_jax.convert.store import is_converted_dir, load, load_any, load_converted, read_metadata, save
+from eca_jax.checkpoints.converted import is_converted_dir, read_metadata, save
+from eca_jax.checkpoints.errors import (AmbiguousArchitectureError, ConversionError, UnknownArchitectureError,
+                                        UnreadableCheckpointError, UnsafePickleError)
+from eca_jax.checkpoints.torch_arch import describe
+from eca_jax.checkpoints.torch_files import read_state_dict
+from eca_jax.checkpoints.torch_import import Converted, convert, flax_from_torch_state_dict, from_torch
+from eca_jax.checkpoints.torch_keys import flax_from_state_dict, state_dict_from_flax
+from eca_jax.checkpoints.torch_resolve import Architecture, resolve
+from eca_jax.convert.api import metadata_for, to_torch, to_torch_state_dict
 
 __all__ = [
-    "from_torch", "to_torch", "to_torch_state_dict", "convert", "Converted", "load", "load_any", "save", "load_converted",
+    "from_torch", "to_torch", "to_torch_state_dict", "convert", "Converted", "save", "metadata_for",
     "is_converted_dir", "read_metadata", "state_dict_from_flax", "flax_from_state_dict",
     "flax_from_torch_state_dict", "read_state_dict", "describe", "resolve", "Architecture",
     "ConversionError", "UnreadableCheckpointError", "UnsafePickleError", "AmbiguousArchitectureError",

@@ -17,7 +17,14 @@ import sys
 import time
 from typing import Optional
 
-from eca_jax.convert.mapping import ConversionError
+from eca_jax.checkpoints import converted as converted_dirs
+from eca_jax.checkpoints import load, torch_files
+from eca_jax.checkpoints.errors import CheckpointError, ConversionError
+from eca_jax.checkpoints.torch_import import convert
+from eca_jax.convert.api import metadata_for, to_torch_state_dict
+from eca_jax.convert.verify import verify
+from eca_jax.models import get_model_cfg
+from eca_jax.models.registry import resolve_model_name
 
 USAGE_ERROR, FAILED = 2, 1
 
@@ -45,7 +52,6 @@ def _parser() -> argparse.ArgumentParser:
 def _check_arch(name: Optional[str]) -> None:
     if name is None:
         return
-    from eca_jax.models.registry import resolve_model_name  # noqa: PLC0415
     resolve_model_name(name)   # ValueError naming the closest registered names
 
 
@@ -59,14 +65,13 @@ def _report_verify(result: dict, tolerance: float) -> None:
 
 
 def to_flax(args: argparse.Namespace) -> None:
-    from eca_jax.convert import api, store  # noqa: PLC0415
     if os.path.isdir(args.src):
         raise ConversionError(f"{args.src} is a directory; to export a Flax checkpoint to PyTorch add --to torch.")
-    store.check_destination(args.dst, args.overwrite)
+    converted_dirs.check_destination(args.dst, args.overwrite)
     start = time.perf_counter()
-    converted = api.convert(args.src, args.arch, num_classes=args.num_classes)
+    converted = convert(args.src, args.arch, num_classes=args.num_classes)
     seconds = time.perf_counter() - start
-    meta = store.metadata_for(converted)
+    meta = metadata_for(converted)
     arch = converted.arch
     print(f"source: {meta['source']} (sha256 {meta['source_sha256'][:16]}...)")
     print(f"architecture: {arch.name}{' ' + str(arch.kwargs) if arch.kwargs else ''}, {arch.num_classes} classes, "
@@ -76,38 +81,39 @@ def to_flax(args: argparse.Namespace) -> None:
     if args.verify:
         state_dict = converted.state_dict
         if arch.file_classes != arch.num_classes:   # compare the backbone through the new Flax head
-            head = api.to_torch_state_dict(converted.module, converted.variables, layout="timm")
+            head = to_torch_state_dict(converted.module, converted.variables, layout="timm")
             state_dict = {**{k: v for k, v in state_dict.items() if not k.startswith(arch.head + ".")},
                           **{k: v for k, v in head.items() if k.startswith(arch.head + ".")}}
         result = _verify(converted.module, converted.variables, state_dict, args)
         meta["verify"] = result
-    path = store.save(args.dst, converted.variables, meta, overwrite=args.overwrite)
+    path = converted_dirs.save(args.dst, converted.variables, meta, overwrite=args.overwrite)
     print(f"wrote {path} (converted in {seconds:.1f} s)")
 
 
 def _verify(module, variables, state_dict, args) -> dict:
-    from eca_jax.convert.verify import verify  # noqa: PLC0415
     result = verify(module, variables, state_dict, size=args.verify_size, batch=args.verify_batch)
     _report_verify(result, args.tolerance)
     return result
 
 
 def to_torch(args: argparse.Namespace) -> None:
-    from eca_jax.convert import api, io, store  # noqa: PLC0415
-    from eca_jax.models import get_model_cfg  # noqa: PLC0415
     dst = os.path.abspath(args.dst)
     if os.path.lexists(dst) and not args.overwrite:
         raise ConversionError(f"{dst} already exists; choose another destination or pass --overwrite.")
     if not os.path.isdir(args.src):
         raise ConversionError(f"{args.src}: with --to torch, SRC must be a directory written by eca_jax.convert "
                               "or a training workdir / checkpoint step.")
-    module, variables, name = store.load_any(args.src)
+    try:
+        loaded = load(args.src)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise ConversionError(str(e)) from None
+    module, variables, name = loaded.module, loaded.variables, loaded.signature.model
     if args.arch is not None and args.arch.split(".")[0] != name:
         raise ConversionError(f"{args.src} holds {name}, not --arch {args.arch}.")
-    state_dict = api.to_torch_state_dict(module, variables, layout=get_model_cfg(name).torch_layout)
+    state_dict = to_torch_state_dict(module, variables, layout=get_model_cfg(name).torch_layout)
     if args.verify:
         _verify(module, variables, state_dict, args)
-    io.write_state_dict(state_dict, dst, io.format_for(dst, args.format))
+    torch_files.write_state_dict(state_dict, dst, torch_files.format_for(dst, args.format))
     print(f"wrote {dst} ({name}, {len(state_dict)} entries, {get_model_cfg(name).torch_layout} layout)")
 
 

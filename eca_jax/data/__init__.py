@@ -19,11 +19,12 @@ from eca_jax.data.datasets import DatasetInfo, check_name, dataset_info, default
 from eca_jax.data.imagenet import check_manual_dir, imagenet_class_names, imagenet_synsets
 from eca_jax.data.pipeline import EvalIterator, TrainIterator, make_eval_iterator, make_train_iterator
 from eca_jax.data.transforms import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalSettings,
-                                     eval_transform, preprocess_for_eval, resolve_eval_settings, train_transform)
+                                     eval_transform, preprocess_for_eval, resolve_eval_settings, resolve_normalization,
+                                     train_transform)
 
 __all__ = [
     "AUGMENTS", "DatasetInfo", "EvalIterator", "EvalSettings", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "TrainIterator",
     "check_manual_dir", "check_name", "dataset_info", "default_data_dir", "eval_transform", "imagenet_class_names",
     "imagenet_synsets", "make_eval_iterator", "make_train_iterator", "preprocess_for_eval", "prepare",
-    "resolve_eval_settings", "train_transform",
+    "resolve_eval_settings", "resolve_normalization", "train_transform",
 ]

@@ -22,48 +22,28 @@ exactly once across all processes; ``num_examples`` is the split size.
 
 Batches: ``{"image": float32 (global_batch, H, W, 3) normalized, "label": int32 (global_batch,)}``
 (+ ``"mask"`` float32 and ``"index"`` int32 in eval).
+
+This module holds the iterators and their constructors; reading a process's shard and moving
+batches out of tf.data onto the devices is :mod:`eca_jax.data.reading`.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
-from eca_jax.data import datasets, sources, transforms
+from eca_jax.data import datasets, reading, sources, transforms
 from eca_jax.data._tf import tf
+from eca_jax.data.reading import AUTOTUNE, Batch, Reader
 
 STATE_FORMAT = "eca_jax.data.train_stream/1"
-AUTOTUNE = tf.data.AUTOTUNE
-CACHE_LIMIT_BYTES = 1 << 30  # cache="auto": fixed-shape shards under 1 GiB decoded are held in memory
-
-Batch = dict[str, np.ndarray]
 
 
-# ------------------------------------------------------------------ processes, seeds, device transfer
-
-def _local_batch_size(sharding: jax.sharding.Sharding, global_batch_size: int) -> int:
-    """Rows of the global batch that this process supplies; checks that processes split the batch evenly."""
-    if not isinstance(global_batch_size, int) or global_batch_size <= 0:
-        raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
-    try:
-        index_map = sharding.addressable_devices_indices_map((global_batch_size,))
-    except ValueError as e:
-        raise ValueError(f"global_batch_size {global_batch_size} cannot be split over the sharding {sharding}: {e}") from None
-    rows = {index[0].indices(global_batch_size)[:2] for index in index_map.values()}
-    local = sum(stop - start for start, stop in rows)
-    if local * jax.process_count() != global_batch_size:
-        raise ValueError(
-            f"The batch axis of {sharding} must be split evenly over the {jax.process_count()} processes "
-            f"(this process holds {local} of {global_batch_size} rows); eca_jax.data feeds data-parallel "
-            "meshes where each process supplies its own part of the batch.")
-    return local
-
+# ------------------------------------------------------------------ seeds of the train stream
 
 def _derive_seed(*ints: int) -> int:
     """A 31-bit seed from several integers (numpy's SeedSequence mixing)."""
@@ -76,102 +56,12 @@ def _augment_key(augment_seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf
     return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
 
 
-def _prefetched(items: Iterator[tuple[Any, Batch]], sharding, size: int) -> Iterator[tuple[Any, dict[str, jax.Array]]]:
-    """Turns ``(tag, local batch)`` items into global arrays on the devices, ``size`` items ahead of the consumer."""
-    queue: collections.deque = collections.deque()
-    process_count = jax.process_count()
-    for tag, batch in items:
-        arrays = {key: jax.make_array_from_process_local_data(
-                      sharding, value, (value.shape[0] * process_count, *value.shape[1:]))
-                  for key, value in batch.items()}
-        queue.append((tag, arrays))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
-# ------------------------------------------------------------------ reading and errors
-
-class _Reader:
-    """Common setup of both pipelines: this process's shard of ``split`` and where it is read from."""
-
-    def __init__(self, builder: tfds.core.DatasetBuilder, info: datasets.DatasetInfo, split: str, *, cache,
-                 num_threads: Optional[int], shuffle_buffer_size: int):
-        self.builder, self.info, self.split = builder, info, split
-        self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        shards = tfds.even_splits(split, self.process_count)
-        try:
-            self.shard_sizes = [builder.info.splits[s].num_examples for s in shards]
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"Dataset {info.name!r} has no split {split!r} (splits: {list(builder.info.splits)}): "
-                             f"{e}") from None
-        self.shard_offset = sum(self.shard_sizes[:self.process_index])  # where our shard starts in the split
-        local = shards[self.process_index]
-        keys = dict(image_key=info.image_key, label_key=info.label_key)
-        if cache not in (True, False, "auto", None):
-            raise ValueError(f"cache must be True, False or 'auto', got {cache!r}")
-        if cache in ("auto", None):
-            cache = sources.fits_in_memory(builder, local, info.image_key, CACHE_LIMIT_BYTES)
-        elif cache and sources.fixed_image_shape(builder, info.image_key) is None:
-            raise ValueError(f"cache=True needs images of one fixed shape; {info.name!r} images vary in size "
-                             "(use cache=False or 'auto').")
-        self.source: Any
-        if cache:
-            self.source = sources.MemorySource(builder, local, num_threads=num_threads, **keys)
-        else:
-            self.source = sources.TfdsSource(builder, local, num_threads=num_threads,
-                                             shuffle_buffer_size=shuffle_buffer_size, **keys)
-        self.in_memory = bool(cache)
-
-    def describe(self) -> str:
-        return f"{self.info.name} split {self.split!r} (process {self.process_index}/{self.process_count})"
-
-
-def _undecodable(examples: tf.data.Dataset) -> list[str]:
-    """``"name (reason)"`` for each example of ``examples`` (``(position, example)`` pairs) whose image fails to decode."""
-    bad = []
-    for _, example in examples:
-        image, name = example["image"], example["name"].numpy().decode("utf-8", "replace")
-        if not bool(transforms.is_known_format(image)):
-            bad.append(f"{name} (not JPEG/PNG/GIF/BMP/WebP data)")
-            continue
-        try:
-            transforms.decode_rgb(image, name, accurate=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-            bad.append(f"{name} ({transforms.short_tf_message(e)})")
-    return bad
-
-
-def _numpy_batches(ds: tf.data.Dataset, what: str,
-                   batch_examples: Optional[Callable[[int], tf.data.Dataset]] = None) -> Iterator[Batch]:
-    """Iterates a tf.data pipeline of batches; a failed image decode raises ValueError naming the image.
-
-    ``batch_examples(k)`` returns the source examples of batch ``k``: they are decoded one by one
-    to find the culprit (the pipeline is deterministic, so batch ``k`` is where the error came from).
-    """
-    iterator = ds.as_numpy_iterator()
-    k = 0
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-            bad = _undecodable(batch_examples(k)) if batch_examples else []
-            if bad:
-                raise ValueError(f"{what}, batch {k}: cannot decode image {'; '.join(bad)}.") from None
-            raise ValueError(f"{what}, batch {k}: {transforms.short_tf_message(e)}") from None
-        k += 1
-        yield batch
-
-
 # ------------------------------------------------------------------ train
 
 class TrainIterator:
     """Infinite iterator of global train batches; ``get_state()`` is its JSON-serialisable position."""
 
-    def __init__(self, reader: _Reader, *, sharding, global_batch_size: int, local_batch_size: int, seed: int,
+    def __init__(self, reader: Reader, *, sharding, global_batch_size: int, local_batch_size: int, seed: int,
                  augment: str, transform: Callable, num_parallel_calls, prefetch: int, state: Optional[dict]):
         self._reader, self._transform, self._augment = reader, transform, augment
         self._global_batch, self._local_batch = global_batch_size, local_batch_size
@@ -184,7 +74,7 @@ class TrainIterator:
                 f"{reader.describe()}: the smallest process shard has {min(reader.shard_sizes)} examples, fewer "
                 f"than one local batch ({local_batch_size}); use a smaller global_batch_size.")
         self._epoch, self._step = self._resume_position(state)
-        self._stream = _prefetched(self._local_stream(self._epoch, self._step), sharding, prefetch)
+        self._stream = reading.prefetched(self._local_stream(self._epoch, self._step), sharding, prefetch)
 
     # -- position
     def _identity(self) -> dict:
@@ -260,14 +150,14 @@ class TrainIterator:
     def _local_stream(self, epoch: int, step: int) -> Iterator[tuple[tuple[int, int], Batch]]:
         """``(position after the batch, local batch)`` forever."""
         if self._reader.in_memory:  # one continuous tf.data pipeline over all epochs
-            for batch in _numpy_batches(self._memory_dataset(epoch, step), self._reader.describe()):
+            for batch in reading.numpy_batches(self._memory_dataset(epoch, step), self._reader.describe()):
                 epoch, step = self._after(epoch, step)
                 yield (epoch, step), batch
             return  # not reached: the in-memory stream is infinite
         while True:  # one tfds pipeline per epoch (tfds' file shuffle takes a Python seed)
             what = f"{self._reader.describe()}, epoch {epoch}"
             examples = self._tfds_batch_examples(epoch, step)
-            for batch in _numpy_batches(self._tfds_epoch_dataset(epoch, step), what, examples):
+            for batch in reading.numpy_batches(self._tfds_epoch_dataset(epoch, step), what, examples):
                 epoch, step = self._after(epoch, step)
                 yield (epoch, step), batch
 
@@ -297,7 +187,7 @@ class TrainIterator:
 class EvalIterator:
     """One ordered pass over the eval split per ``iter()``, padded and masked; ``num_examples`` is exact."""
 
-    def __init__(self, reader: _Reader, *, sharding, global_batch_size: int, local_batch_size: int,
+    def __init__(self, reader: Reader, *, sharding, global_batch_size: int, local_batch_size: int,
                  transform: Callable, image_size: int, num_parallel_calls, prefetch: int):
         self._reader, self._sharding, self._transform = reader, sharding, transform
         self._local_batch, self._image_size = local_batch_size, image_size
@@ -347,12 +237,12 @@ class EvalIterator:
     def __iter__(self) -> Iterator[dict[str, jax.Array]]:
         what = f"{self._reader.describe()}, eval"
         if self._reader.in_memory:
-            local = _numpy_batches(self._memory_dataset(), what)
+            local = reading.numpy_batches(self._memory_dataset(), what)
         else:
             b = self._local_batch
             examples = lambda k: self._reader.source.examples(None, skip=k * b).take(b)  # noqa: E731
-            local = _numpy_batches(self._tfds_dataset(), what, examples)
-        for _, batch in _prefetched(((None, x) for x in local), self._sharding, self._prefetch):
+            local = reading.numpy_batches(self._tfds_dataset(), what, examples)
+        for _, batch in reading.prefetched(((None, x) for x in local), self._sharding, self._prefetch):
             yield batch
 
 
@@ -394,17 +284,15 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
     Returns a ``TrainIterator`` yielding ``{"image": float32 (B, S, S, 3), "label": int32 (B,)}``.
     """
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
+    mean, std = transforms.resolve_normalization(mean, std)
     if augment is not None and augment not in transforms.AUGMENTS:
         raise ValueError(f"Unknown augment {augment!r}; choose one of {transforms.AUGMENTS}.")
-    local_batch = _local_batch_size(sharding, global_batch_size)
+    local_batch = reading.local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
     info = datasets.dataset_info_from_builder(name, builder)
     augment = info.augment if augment is None else augment
-    reader = _Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
-                     num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
-
-    mean = transforms.IMAGENET_MEAN if mean is None else tuple(mean)
-    std = transforms.IMAGENET_STD if std is None else tuple(std)
+    reader = Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
+                    num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
 
     def transform(image, key, name):
         return transforms.train_transform(image, key, image_size=image_size, augment=augment,
@@ -433,14 +321,14 @@ def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sh
     Batches: ``{"image", "label", "mask", "index"}``.
     """
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
-    local_batch = _local_batch_size(sharding, global_batch_size)
+    local_batch = reading.local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
     info = datasets.dataset_info_from_builder(name, builder)
     settings = transforms.resolve_eval_settings(
         image_size, resize_size=resize_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std,
         dataset_crop_pct=info.crop_pct, model_cfg=model_cfg)
-    reader = _Reader(builder, info, datasets.require_split(info, split, "eval"), cache=cache,
-                     num_threads=num_threads, shuffle_buffer_size=0)
+    reader = Reader(builder, info, datasets.require_split(info, split, "eval"), cache=cache,
+                    num_threads=num_threads, shuffle_buffer_size=0)
 
     def transform(image, name):
         return transforms.eval_transform(image, image_size=settings.image_size, resize_size=settings.resize_size,

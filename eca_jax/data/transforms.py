@@ -16,7 +16,8 @@ default). An encoded image is a scalar ``tf.string`` (JPEG, PNG, GIF, BMP or Web
   resize, center crop with ``round((H - image_size) / 2)`` offsets (round half to even, as
   Python's ``round``), values rounded to whole grey levels as PIL's uint8 output is.
 - ``resolve_eval_settings``: the eval size, resize size, interpolation and mean/std from explicit
-  values, the dataset's own crop and the model's ``ModelCfg`` (its docstring has the precedence).
+  values, the dataset's own crop and the model's ``ModelCfg`` (its docstring has the precedence);
+  ``resolve_normalization``: mean/std alone (explicit > the model's > ImageNet's), for train and eval.
 """
 
 from __future__ import annotations
@@ -77,12 +78,26 @@ def _model_eval_crop_pct(model_cfg: Any, image_size: int) -> float:
 
 
 def _channels(value: Sequence[float], what: str) -> tuple[float, ...]:
-    out = tuple(float(v) for v in value)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 3 numbers (R, G, B), got {value!r}") from None
     if len(out) != 3:
         raise ValueError(f"{what} must have 3 values (R, G, B), got {value!r}")
     if what == "std" and min(out) <= 0:
         raise ValueError(f"std must be positive, got {value!r}")
     return out
+
+
+def resolve_normalization(mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                          model_cfg: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the normalization ``(x / 255 - mean) / std``, each 3 floats (RGB): the
+    given ones, else the model's (``model_cfg.mean``/``std``; ``model_cfg`` may be None), else
+    ImageNet's. The one place train, eval and the trainer resolve them. Raises ValueError naming
+    ``mean`` or ``std`` when it is not 3 numbers (or ``std`` not positive)."""
+    mean = mean if mean is not None else getattr(model_cfg, "mean", None) or IMAGENET_MEAN
+    std = std if std is not None else getattr(model_cfg, "std", None) or IMAGENET_STD
+    return _channels(mean, "mean"), _channels(std, "std")
 
 
 def resolve_eval_settings(image_size: Optional[int] = None, *, resize_size: Optional[int] = None,
@@ -114,10 +129,9 @@ def resolve_eval_settings(image_size: Optional[int] = None, *, resize_size: Opti
     resize = resize_size_for(image_size, resize_size, crop_pct)
     if interpolation is None:
         interpolation = getattr(model_cfg, "interpolation", None) or DEFAULT_INTERPOLATION
-    mean = mean if mean is not None else getattr(model_cfg, "mean", None) or IMAGENET_MEAN
-    std = std if std is not None else getattr(model_cfg, "std", None) or IMAGENET_STD
+    mean, std = resolve_normalization(mean, std, model_cfg)
     return EvalSettings(image_size=image_size, resize_size=resize, interpolation=check_interpolation(interpolation),
-                        mean=_channels(mean, "mean"), std=_channels(std, "std"))
+                        mean=mean, std=std)
 
 
 def short_tf_message(error: Exception) -> str:

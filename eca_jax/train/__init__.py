@@ -8,9 +8,12 @@
                                 "workdirs/digits")
 
 Modules (one job each): :mod:`.config` (schema, validation, durations), :mod:`.optim` (optax),
-:mod:`.sharding` (mesh, FSDP rule), :mod:`.state`, :mod:`.step` (pure train/eval steps),
+:mod:`.sharding` (mesh, FSDP rule), :mod:`.state`, :mod:`.step` (the pure train step),
 :mod:`.checkpoint` (orbax), :mod:`.init_from` (fine-tuning), :mod:`.preemption` (SIGTERM),
 :mod:`.reporting` (progress, metrics.csv, TensorBoard, PNG), :mod:`.loop` (train_and_evaluate).
+Evaluation (eval step, loss, one pass over the eval split) is :mod:`eca_jax.evaluation`, shared
+with ``python -m eca_jax.evaluate``. A step is one optimizer update everywhere: the loop,
+``TrainState.step``, checkpoint numbers, logs and the learning-rate schedule.
 Importing this package is cheap; the heavy modules load on first use.
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Checkpoints with orbax: async saves, keep-last-K plus best, exact resume, safe to kill.
+"""Writing and restoring the training state with orbax: async saves, keep-last-K plus best,
+exact resume, safe to kill. (Reading a checkpoint's weights for evaluation, prediction, export or
+``init_from`` is :mod:`eca_jax.checkpoints`.)
 
 Layout: ``<workdir>/checkpoints/<step>/{state, data_iter, metrics}`` plus orbax's root
 ``metadata`` (the model signature). Each step also carries the signature and the config as
-custom metadata, so a single step directory is self-describing (``eca_jax.evaluate`` and
-``init_from`` only need its path).
+custom metadata, so a single step directory is self-describing.
 
 Safety: orbax writes every step into a temporary directory and renames it once all items and
 all processes have committed; a run killed mid-save (even SIGKILL) leaves only a temporary
@@ -13,30 +14,29 @@ directory, which the next run ignores and deletes (``cleanup_tmp_directories``).
 Restoring takes the abstract train state with the *current* mesh's shardings, so a checkpoint
 written on N devices restores onto M devices or another mesh shape.
 
-Paths: orbax only accepts absolute paths, so every reader here resolves the path it is given
-against the current directory first (:func:`absolute_path`; URLs such as ``gs://`` stay as they
-are). One trainer per workdir: :func:`workdir_lock`.
+Paths: orbax only accepts absolute paths, so the workdir is resolved against the current
+directory first (``absolute_path``; URLs such as ``gs://`` stay as they are). One trainer per
+workdir: :func:`workdir_lock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 from typing import Any, Iterator, Mapping
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from eca_jax._lock import LockHeldError, file_lock
-from eca_jax._paths import absolute_path, is_remote  # noqa: F401  (absolute_path: public here)
+from eca_jax._paths import absolute_path, is_remote
+from eca_jax.checkpoints.errors import CheckpointMismatchError, CheckpointReadError  # noqa: F401 (raised here)
+from eca_jax.checkpoints.signature import SIGNATURE_KEYS, check_signature, normalize
+from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, committed_steps, read_root_signature
 
-CHECKPOINT_DIRNAME = "checkpoints"
-SIGNATURE_KEYS = ("model", "num_classes", "model_kwargs")
 _policies = ocp.checkpoint_managers
 
 
@@ -53,14 +53,6 @@ logging.getLogger("absl").addFilter(_DropMetricsWarning())
 
 class CheckpointSaveError(RuntimeError):
     """Saving a checkpoint failed; the previously committed checkpoints are still usable."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint belongs to another model (name, number of classes or architecture kwargs)."""
-
-
-class CheckpointReadError(ValueError):
-    """A checkpoint cannot be used as asked: corrupt metadata, no eval metrics for ``best``."""
 
 
 class WorkdirInUseError(RuntimeError):
@@ -103,28 +95,6 @@ def _manager_options(keep: int, keep_best: bool, async_save: bool):
     return ocp.CheckpointManagerOptions(
         best_fn=_top1 if keep_best else None, best_mode="max", preservation_policy=policy,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-
-
-def describe(signature: Mapping[str, Any]) -> str:
-    kwargs = signature.get("model_kwargs") or {}
-    extra = f", model_kwargs={kwargs}" if kwargs else ""
-    return f"model {signature.get('model')!r} with num_classes={signature.get('num_classes')}{extra}"
-
-
-def normalize(signature: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON round trip (tuples -> lists), so stored and fresh signatures compare equal."""
-    return json.loads(json.dumps(dict(signature), default=str))
-
-
-def check_signature(found: Mapping[str, Any], expected: Mapping[str, Any], where: str,
-                    hint: str = "") -> None:
-    """Raises CheckpointMismatchError if ``found`` differs from ``expected`` in SIGNATURE_KEYS."""
-    found, expected = normalize(found), normalize(expected)
-    diff = [k for k in SIGNATURE_KEYS if (found.get(k) or None) != (expected.get(k) or None)]
-    if diff:
-        raise CheckpointMismatchError(
-            f"{where} holds checkpoints of {describe(found)}, but the config asks for "
-            f"{describe(expected)} (differs in {', '.join(diff)}).{hint}")
 
 
 class Checkpointer:
@@ -215,122 +185,3 @@ class Checkpointer:
             shutil.rmtree(os.fspath(self.directory / "metadata"), ignore_errors=True)
         with contextlib.suppress(OSError):
             self.directory.rmdir()  # only if empty: tmp dirs of a killed first save stay
-
-
-# The helpers below read orbax's on-disk layout with plain file reads (no CheckpointManager):
-# they run in every process at start-up, where a manager's collective syncs could pair up
-# differently across processes racing to create the directory.
-_COMMIT_MARKER = "commit_success.txt"
-_STEP_METADATA = "_CHECKPOINT_METADATA"
-
-
-def committed_steps(root: str | os.PathLike) -> list[int]:
-    """Sorted steps under a checkpoints directory whose save has committed (tmp dirs skipped)."""
-    root = epath.Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir()
-                  if p.name.isdigit() and (p / _COMMIT_MARKER).exists())
-
-
-def _read_json(path: epath.Path) -> dict[str, Any]:
-    """The JSON object in ``path``, {} if the file does not exist; CheckpointReadError if corrupt."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointReadError(f"Corrupt checkpoint metadata {path}: not valid JSON ({e}).") from None
-    if not isinstance(value, dict):
-        raise CheckpointReadError(
-            f"Corrupt checkpoint metadata {path}: expected a JSON object, found {type(value).__name__}.")
-    return value
-
-
-def read_root_signature(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The signature stored in a checkpoints directory (None if it has no committed step)."""
-    directory = epath.Path(absolute_path(directory))
-    steps = committed_steps(directory)
-    if not steps:
-        return None
-    found = dict(_read_json(directory / "metadata" / "_ROOT_METADATA").get("custom_metadata") or {})
-    return found if found.get("model") else step_signature(directory / str(steps[-1]))
-
-
-def best_committed_step(root: str | os.PathLike) -> int | None:
-    """The committed step with the highest eval top-1 (saved metrics); None if none has metrics."""
-    root = epath.Path(absolute_path(root))
-    scored = [(float(m["top1"]), s) for s in committed_steps(root)
-              if "top1" in (m := _read_json(root / str(s) / "metrics" / "metrics"))]
-    return max(scored)[1] if scored else None
-
-
-def resolve_step_dir(path: str | os.PathLike, *, best: bool = False,
-                     step: int | None = None) -> epath.Path:
-    """The step directory for a workdir, a checkpoints directory or a step directory.
-
-    For a workdir / checkpoints directory: the given ``step``, else the best (``best=True``,
-    by eval top-1; CheckpointReadError if no step has eval metrics) or the latest committed step.
-    Relative paths are taken from the current directory; the result is absolute.
-    """
-    path = epath.Path(absolute_path(path))
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint path {path} does not exist.")
-    if (path / "state").exists() and (path / _STEP_METADATA).exists():
-        return path
-    root = path / CHECKPOINT_DIRNAME if (path / CHECKPOINT_DIRNAME).exists() else path
-    steps = committed_steps(root)
-    if not steps:
-        raise FileNotFoundError(f"No committed checkpoint under {root}.")
-    if step is None and best:
-        step = best_committed_step(root)
-        if step is None:
-            raise CheckpointReadError(
-                f"No eval metrics recorded in {root}, so there is no best checkpoint; pass --step "
-                f"(one of {steps}) or drop --best to use the latest.")
-    elif step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f"No checkpoint for step {step} under {root}; have {steps}.")
-    return root / str(step)
-
-
-def step_signature(step_dir: epath.Path) -> dict[str, Any]:
-    """The custom metadata (signature + config) of one step directory."""
-    path = epath.Path(absolute_path(step_dir)) / _STEP_METADATA
-    return dict(_read_json(path).get("custom_metadata") or {})
-
-
-def _state_tree_metadata(step_dir: str | os.PathLike) -> dict[str, Any]:
-    """The saved train state's tree of array metadata (shape, dtype), without reading arrays.
-
-    Asks the item's handler: a Checkpointer would also look for a step-level
-    ``_CHECKPOINT_METADATA`` inside the item directory (it is one level up) and warn."""
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        return handler.metadata(epath.Path(absolute_path(step_dir)) / "state").tree
-    finally:
-        handler.close()
-
-
-def variables_shapes(step_dir: str | os.PathLike) -> dict[str, Any]:
-    """{"params": ..., "batch_stats": ...} as trees of shapes, read from the metadata only."""
-    tree = _state_tree_metadata(step_dir)
-    return {k: jax.tree.map(lambda a: tuple(a.shape), tree.get(k) or {})
-            for k in ("params", "batch_stats")}
-
-
-def load_variables(step_dir: str | os.PathLike) -> dict[str, Any]:
-    """{"params", "batch_stats"} of a step as host numpy arrays (the optimizer state is skipped)."""
-    step_dir = epath.Path(absolute_path(step_dir))
-    tree = _state_tree_metadata(step_dir)
-    target = {k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree[k])
-              for k in ("params", "batch_stats") if k in tree}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
-    restored.setdefault("batch_stats", {})
-    return restored

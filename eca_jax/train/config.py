@@ -33,6 +33,7 @@ PROGRESS = ("auto", "tqdm", "lines", "none")
 FREE_FORM = ("model_kwargs",)
 
 
+# Over 60 lines: one flat table of every key and its default, the schema in one place.
 def _defaults() -> dict[str, Any]:
     """The schema: every valid key with its default (placeholders are typed None)."""
     return dict(
@@ -41,6 +42,8 @@ def _defaults() -> dict[str, Any]:
         model_kwargs=ml_collections.ConfigDict(),  # extra create_model kwargs (free-form)
         num_classes=_P(int),            # default: the dataset's number of classes
         dtype="float32",                # compute dtype (float32 | bfloat16); params stay float32
+        impl="",                        # implementation switches, eca_jax.kernels.ImplOptions.parse
+                                        # form ("pointwise_as_dot=false,..."); "": the defaults
         # --- data ---
         dataset="imagenet2012",         # eca_jax.data name ("digits", "imagenet2012", any tfds name)
         data_dir=_P(str),
@@ -208,6 +211,21 @@ def _validate_eval_input(config: ml_collections.ConfigDict) -> None:
                              f"got {value!r}.")
 
 
+def _validate_impl(config: ml_collections.ConfigDict) -> None:
+    """config.impl must parse as ImplOptions switches (names and true/false values)."""
+    if not isinstance(config.impl, str):
+        raise ValueError(f"config.impl must be a string such as 'pointwise_as_dot=false', "
+                         f"got {config.impl!r}.")
+    if "impl" in config.model_kwargs:
+        raise ValueError("Set the implementation switches with config.impl, not "
+                         "config.model_kwargs.impl.")
+    from eca_jax.kernels.options import ImplOptions  # noqa: PLC0415 (imports jax)
+    try:
+        ImplOptions.parse(config.impl)
+    except ValueError as e:
+        raise ValueError(f"config.impl={config.impl!r}: {e}") from None
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises KeyError/ValueError naming the problem if ``config`` is not a valid config."""
     valid = set(valid_keys())
@@ -221,6 +239,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "dtype", DTYPES)
     _check_choice(config, "schedule", SCHEDULES)
     _check_choice(config, "progress", PROGRESS)
+    _validate_impl(config)
     for prefix in ("total", "warmup", "eval_every", "checkpoint_every"):
         for unit in ("steps", "epochs"):
             value = config[f"{prefix}_{unit}"]

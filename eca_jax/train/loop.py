@@ -6,7 +6,10 @@ optionally initialised from ``init_from``) -> data iterator (at the restored pos
 loop (train, log, eval, checkpoint, preemption) -> final checkpoint, eval and plot.
 
 A "step" is one optimizer update on ``batch_size`` examples; with ``grad_accum_steps = n`` it
-is n jitted micro-steps on batch_size / n examples each (optax.MultiSteps).
+is n jitted micro-steps on batch_size / n examples each (optax.MultiSteps). The loop's step,
+``TrainState.step``, the checkpoint numbers, the logs (metrics.csv, TensorBoard, progress) and
+the learning-rate schedule all count these updates. Evaluation itself (the eval step, one pass
+over the eval split, the eval input settings) is :mod:`eca_jax.evaluation`.
 """
 
 from __future__ import annotations
@@ -16,31 +19,37 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from eca_jax.train import checkpoint as ckpt_lib
-from eca_jax.train import init_from as init_lib
-from eca_jax.train import reporting
-from eca_jax.train import sharding as shd
+from eca_jax._paths import absolute_path
+# loop.eval_input_kwargs / loop.normalization: moved to eca_jax.evaluation, re-exported for
+# tests/test_input_settings.py until it imports them from there.
+from eca_jax.evaluation import eval_input_kwargs  # noqa: F401
+from eca_jax.evaluation import evaluate_dataset, make_eval_step, normalization
+from eca_jax.train import checkpoint as checkpointing
+from eca_jax.train import init_from, reporting, sharding
 from eca_jax.train.config import to_steps, validate_config
 from eca_jax.train.optim import make_optimizer
 from eca_jax.train.preemption import PreemptionGuard
 from eca_jax.train.state import TrainState, init_state, make_init_fn
-from eca_jax.train.step import make_eval_step, make_train_step
+from eca_jax.train.step import make_train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """``create_model(config.model, **config.model_kwargs)`` computing in ``config.dtype``
-    (parameters stay float32)."""
+    (parameters stay float32), with the implementation switches ``config.impl``."""
+    from eca_jax.kernels import ImplOptions  # noqa: PLC0415
     from eca_jax.models import create_model  # noqa: PLC0415
     return create_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype],
-                        **config.model_kwargs.to_dict())
+                        impl=ImplOptions.parse(config.impl), **config.model_kwargs.to_dict())
 
 
 def signature(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
@@ -49,56 +58,6 @@ def signature(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, 
             "model_kwargs": config.model_kwargs.to_dict(), "dataset": config.dataset,
             "image_size": config.image_size, "eval_resize_size": config.eval_resize_size,
             "config": json.loads(config.to_json())}
-
-
-def _channels(value: Any) -> tuple[float, ...] | None:
-    return None if value is None else tuple(float(v) for v in value)
-
-
-def normalization(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``{"mean", "std"}`` for the train and eval pipelines: the config's, else the model's."""
-    from eca_jax.models import get_model_cfg  # noqa: PLC0415
-    cfg = get_model_cfg(config.model)
-    return {"mean": _channels(config.mean) or cfg.mean, "std": _channels(config.std) or cfg.std}
-
-
-def eval_input_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of ``make_eval_iterator`` for ``config``: its explicit eval settings
-    (``eval_image_size`` else ``image_size``, ``eval_resize_size``, ``eval_crop_pct``,
-    ``eval_interpolation``, ``mean``/``std``; None where unset) plus the model's ModelCfg, which
-    supplies what is unset (the dataset's own crop, digits' 1.0, wins over the model's; see
-    ``eca_jax.data.transforms.resolve_eval_settings``)."""
-    from eca_jax.models import get_model_cfg  # noqa: PLC0415
-    return {"image_size": config.eval_image_size or config.image_size,
-            "resize_size": config.eval_resize_size, "crop_pct": config.eval_crop_pct,
-            "interpolation": config.eval_interpolation, "mean": _channels(config.mean),
-            "std": _channels(config.std), "model_cfg": get_model_cfg(config.model)}
-
-
-def evaluate(eval_fn, variables, data, config, sharding, batch_size: int, *,
-             with_input: bool = False) -> dict[str, Any]:
-    """One pass over the eval split: mean loss, top-1, top-5 and the number of examples.
-
-    The eval images are prepared as :func:`eval_input_kwargs` says. ``with_input`` adds
-    ``"input"``: what the pipeline resolved (image_size, resize_size, interpolation, mean, std),
-    when its iterator says (``settings``)."""
-    sums = None
-    iterator = data.make_eval_iterator(
-        config.dataset, global_batch_size=batch_size, sharding=sharding, data_dir=config.data_dir,
-        manual_dir=config.manual_dir, **eval_input_kwargs(config))
-    settings = getattr(iterator, "settings", None)
-    for batch in iterator:
-        out = eval_fn(variables, batch)
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    if sums is None:
-        raise ValueError(f"The eval split of {config.dataset!r} yielded no batches.")
-    sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-    n = max(1.0, sums["count"])
-    metrics = {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n,
-               "num_examples": int(sums["count"])}
-    if with_input and dataclasses.is_dataclass(settings):
-        metrics["input"] = dataclasses.asdict(settings)
-    return metrics
 
 
 def _abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -120,8 +79,9 @@ def _log(msg: str) -> None:
 
 
 @dataclasses.dataclass
-class _Run:
-    """Everything the loop needs, built once by :func:`_setup`."""
+class TrainingPlan:
+    """What a run trains and how, built once by :func:`_plan` before any state exists: the
+    durations in optimizer steps, batch sizes, mesh, model, optimizer and state shardings."""
     config: ml_collections.ConfigDict
     workdir: str
     data: Any
@@ -140,127 +100,188 @@ class _Run:
     shardings: Any
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str, data: Any) -> _Run:
+def _plan(config: ml_collections.ConfigDict, workdir: str, data: Any) -> TrainingPlan:
     """Dataset info, durations, mesh (with batch-size checks), model, optimizer, shardings."""
     info = data.dataset_info(config.dataset, data_dir=config.data_dir,
                              manual_dir=config.manual_dir)
     num_classes = config.num_classes or info.num_classes
-    spe = max(1, info.num_train // config.batch_size)
-    total_steps = to_steps(config, "total", spe)
+    steps_per_epoch = max(1, info.num_train // config.batch_size)
+    total_steps = to_steps(config, "total", steps_per_epoch)
     accum = config.grad_accum_steps
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     micro = config.batch_size // accum
-    shd.check_batch_size(micro, mesh, "batch_size" if accum == 1 else
-                         f"batch_size / grad_accum_steps = {config.batch_size}/{accum}")
+    sharding.check_batch_size(micro, mesh, "batch_size" if accum == 1 else
+                              f"batch_size / grad_accum_steps = {config.batch_size}/{accum}")
     eval_batch = config.eval_batch_size or config.batch_size
-    shd.check_batch_size(eval_batch, mesh, "eval_batch_size")
+    sharding.check_batch_size(eval_batch, mesh, "eval_batch_size")
     model = build_model(config, num_classes)
-    tx, schedule = make_optimizer(config, spe, total_steps)
+    tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
     init_fn = make_init_fn(model, tx, (1, config.image_size, config.image_size, 3))
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-    return _Run(config, workdir, data, spe, total_steps,
-                to_steps(config, "eval_every", spe, default=spe),
-                to_steps(config, "checkpoint_every", spe, default=spe), micro, eval_batch, mesh,
-                model, tx, schedule, init_fn, abstract,
-                shd.tree_shardings(abstract, mesh, config.fsdp_min_size))
+    return TrainingPlan(
+        config, workdir, data, steps_per_epoch, total_steps,
+        eval_every=to_steps(config, "eval_every", steps_per_epoch, default=steps_per_epoch),
+        ckpt_every=to_steps(config, "checkpoint_every", steps_per_epoch, default=steps_per_epoch),
+        micro_batch=micro, eval_batch=eval_batch, mesh=mesh, model=model, tx=tx,
+        schedule=schedule, init_fn=init_fn, abstract=abstract,
+        shardings=sharding.tree_shardings(abstract, mesh, config.fsdp_min_size))
 
 
-def _restore_or_init(run: _Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, int, Any]:
+def _restore_or_init(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer
+                     ) -> tuple[TrainState, int, Any]:
     """(state, start_step, data_state): the latest checkpoint, else a fresh sharded state."""
-    config = run.config
-    step = ckpt.latest_step()
+    config = plan.config
+    step = checkpointer.latest_step()
     if step is not None:
-        state, data_state = ckpt.restore(step, _abstract_with_shardings(run.abstract, run.shardings))
-        _log(f"Resumed from {ckpt.directory}/{step} on mesh {dict(run.mesh.shape)}.")
+        state, data_state = checkpointer.restore(
+            step, _abstract_with_shardings(plan.abstract, plan.shardings))
+        if int(jax.device_get(state.step)) != step:  # saved when it counted micro-steps
+            state = state.replace(step=jax.device_put(np.asarray(step, np.int32), plan.shardings.step))
+        _log(f"Resumed from {checkpointer.directory}/{step} on mesh {dict(plan.mesh.shape)}.")
         return state, step, data_state
-    state = init_state(run.init_fn, jax.random.PRNGKey(config.seed), run.shardings)
+    state = init_state(plan.init_fn, jax.random.PRNGKey(config.seed), plan.shardings)
     if config.init_from:
-        state = init_lib.apply(
-            state, config.init_from, model_name=config.model, num_classes=run.model.num_classes,
+        state = init_from.apply(
+            state, config.init_from, model_name=config.model, num_classes=plan.model.num_classes,
             reset_head=config.init_from_reset_head, log=_log,
             make_shapes=lambda n: variable_shapes(functools.partial(build_model, config),
                                                    config.image_size, n))
     return state, 0, None
 
 
-def _train_loop(run: _Run, ckpt: ckpt_lib.Checkpointer, state: TrainState, start_step: int,
-                data_state: Any, t_start: float) -> dict[str, Any]:
-    """Train from start_step to total_steps: log, eval, checkpoint, stop on SIGTERM."""
-    config, data, is_main = run.config, run.data, jax.process_index() == 0
-    batch_sh, repl = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
-    train_it = data.make_train_iterator(
-        config.dataset, global_batch_size=run.micro_batch, image_size=config.image_size,
-        seed=config.seed, sharding=batch_sh, data_dir=config.data_dir,
+@dataclasses.dataclass
+class _Loop:
+    """What the loop's helpers share: the plan, the compiled steps, the train stream and where
+    metrics go, plus the train metrics summed since the last log line."""
+    plan: TrainingPlan
+    checkpointer: checkpointing.Checkpointer
+    train_fn: Callable
+    eval_fn: Callable
+    batch_sharding: Any
+    train_it: Any
+    writer: reporting.MetricsWriter
+    progress: reporting.Progress
+    t_start: float
+    t_log: float  # wall clock of the last log line, moved on by eval and checkpoint time
+    step_log: int  # step of the last log line
+    sums: Any = None  # train metrics summed over the micro-steps since the last log line
+    num_sums: int = 0
+
+
+def _start_loop(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer, start_step: int,
+                data_state: Any, t_start: float) -> _Loop:
+    """The train stream (at ``data_state``), the jitted train and eval steps, the writers."""
+    config, is_main = plan.config, jax.process_index() == 0
+    batch_sharding, repl = sharding.batch_sharding(plan.mesh), sharding.replicated(plan.mesh)
+    train_it = plan.data.make_train_iterator(
+        config.dataset, global_batch_size=plan.micro_batch, image_size=config.image_size,
+        seed=config.seed, sharding=batch_sharding, data_dir=config.data_dir,
         manual_dir=config.manual_dir, augment=config.augment, state=data_state,
         **normalization(config))
     train_fn = jax.jit(
-        make_train_step(run.model.apply, run.tx, config.label_smoothing, config.bn_groups),
-        in_shardings=(run.shardings, batch_sh), out_shardings=(run.shardings, repl),
+        make_train_step(plan.model.apply, plan.tx, config.label_smoothing, config.bn_groups),
+        in_shardings=(plan.shardings, batch_sharding), out_shardings=(plan.shardings, repl),
         donate_argnums=0)
-    var_sh = {"params": run.shardings.params, "batch_stats": run.shardings.batch_stats}
-    eval_fn = jax.jit(make_eval_step(run.model.apply), in_shardings=(var_sh, batch_sh),
+    var_sh = {"params": plan.shardings.params, "batch_stats": plan.shardings.batch_stats}
+    eval_fn = jax.jit(make_eval_step(plan.model.apply), in_shardings=(var_sh, batch_sharding),
                       out_shardings=repl)
-    writer = reporting.MetricsWriter(run.workdir, enabled=is_main,
+    writer = reporting.MetricsWriter(plan.workdir, enabled=is_main,
                                      resume_step=start_step if start_step else None)
-    progress = reporting.Progress(run.total_steps, start_step, config.progress, enabled=is_main)
-    _log(f"Training {config.model} on {config.dataset}: {run.total_steps} steps "
-         f"({run.steps_per_epoch}/epoch, batch {config.batch_size}) on {jax.device_count()} "
-         f"devices, mesh {dict(run.mesh.shape)}; workdir {run.workdir}")
-    step, total, spe = start_step, run.total_steps, run.steps_per_epoch
-    sums, n_sums, t_log, s_log = None, 0, time.perf_counter(), start_step
+    progress = reporting.Progress(plan.total_steps, start_step, config.progress, enabled=is_main)
+    return _Loop(plan, checkpointer, train_fn, eval_fn, batch_sharding, train_it, writer,
+                 progress, t_start, t_log=time.perf_counter(), step_log=start_step)
+
+
+def _train_update(loop: _Loop, state: TrainState) -> TrainState:
+    """One optimizer update: grad_accum_steps micro-steps, their metrics added to the sums."""
+    for _ in range(loop.plan.config.grad_accum_steps):
+        state, metrics = loop.train_fn(state, next(loop.train_it))
+        loop.sums = metrics if loop.sums is None else jax.tree.map(jnp.add, loop.sums, metrics)
+        loop.num_sums += 1
+    return state
+
+
+def _log_train(loop: _Loop, step: int) -> dict[str, float]:
+    """Writes the mean train metrics since the last log line; returns the progress line."""
+    config = loop.plan.config
+    m = {k: float(v) / loop.num_sums for k, v in jax.device_get(loop.sums).items()}
+    now = time.perf_counter()
+    line = {"loss": m["loss"], "acc": m["accuracy"],
+            "lr": float(loop.plan.schedule(max(0, step - 1))),
+            "img/s": (step - loop.step_log) * config.batch_size / max(1e-9, now - loop.t_log)}
+    loop.writer.write(step, {"epoch": step / loop.plan.steps_per_epoch, "train_loss": m["loss"],
+                             "train_accuracy": m["accuracy"], "learning_rate": line["lr"],
+                             "images_per_sec": line["img/s"], "elapsed_s": now - loop.t_start})
+    loop.sums, loop.num_sums, loop.t_log, loop.step_log = None, 0, now, step
+    return line
+
+
+def _evaluate(loop: _Loop, state: TrainState, step: int) -> dict[str, Any]:
+    """One pass over the eval split, written to the metrics and the progress display."""
+    plan = loop.plan
+    metrics = evaluate_dataset(loop.eval_fn, state.variables, plan.data, plan.config,
+                               loop.batch_sharding, plan.eval_batch)
+    loop.writer.write(step, {"epoch": step / plan.steps_per_epoch, "eval_loss": metrics["loss"],
+                             "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+                             "elapsed_s": time.perf_counter() - loop.t_start})
+    loop.progress.message(f"eval @ step {step}: top1 {metrics['top1']:.4f} top5 "
+                          f"{metrics['top5']:.4f} loss {metrics['loss']:.4f} "
+                          f"({metrics['num_examples']} examples)")
+    return metrics
+
+
+def _eval_and_checkpoint(loop: _Loop, state: TrainState, step: int) -> tuple[dict | None, bool]:
+    """Evaluates and saves when ``step`` is due (every eval_every / ckpt_every steps, and the
+    last step); returns (eval metrics or None, saved). Their time is left out of images/s."""
+    plan = loop.plan
+    t_pause = time.perf_counter()
+    last = step == plan.total_steps
+    metrics = _evaluate(loop, state, step) if step % plan.eval_every == 0 or last else None
+    saved = step % plan.ckpt_every == 0 or last
+    if saved:
+        loop.checkpointer.save(step, state, loop.train_it.get_state(), metrics)
+    loop.t_log += time.perf_counter() - t_pause
+    return metrics, saved
+
+
+def _train_loop(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer, state: TrainState,
+                start_step: int, data_state: Any, t_start: float) -> dict[str, Any]:
+    """Train from start_step to total_steps: log, eval, checkpoint, stop on SIGTERM."""
+    config = plan.config
+    loop = _start_loop(plan, checkpointer, start_step, data_state, t_start)
+    _log(f"Training {config.model} on {config.dataset}: {plan.total_steps} steps "
+         f"({plan.steps_per_epoch}/epoch, batch {config.batch_size}) on {jax.device_count()} "
+         f"devices, mesh {dict(plan.mesh.shape)}; workdir {plan.workdir}")
+    step = start_step
     result: dict[str, Any] = {"preempted": False}
     eval_metrics: dict[str, Any] = {}
     try:
         with PreemptionGuard(sync_every=config.log_every_steps) as guard:
-            while step < total:
-                for _ in range(config.grad_accum_steps):
-                    state, metrics = train_fn(state, next(train_it))
-                    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-                    n_sums += 1
+            while step < plan.total_steps:
+                state = _train_update(loop, state)
                 step += 1
                 line = None
-                if step % config.log_every_steps == 0 or step == total:
-                    m = {k: float(v) / n_sums for k, v in jax.device_get(sums).items()}
-                    now = time.perf_counter()
-                    line = {"loss": m["loss"], "acc": m["accuracy"],
-                            "lr": float(run.schedule(max(0, step - 1))),
-                            "img/s": (step - s_log) * config.batch_size / max(1e-9, now - t_log)}
-                    writer.write(step, {"epoch": step / spe, "train_loss": m["loss"],
-                                        "train_accuracy": m["accuracy"], "learning_rate": line["lr"],
-                                        "images_per_sec": line["img/s"], "elapsed_s": now - t_start})
-                    sums, n_sums, t_log, s_log = None, 0, now, step
-                    result["train_loss"] = m["loss"]
-                progress.update(step, line)
-                eval_now = step % run.eval_every == 0 or step == total
-                t_pause = time.perf_counter()  # eval and checkpoint time is left out of images/s
-                if eval_now:
-                    eval_metrics = evaluate(eval_fn, state.variables, data, config, batch_sh,
-                                            run.eval_batch)
-                    writer.write(step, {"epoch": step / spe, "eval_loss": eval_metrics["loss"],
-                                        "eval_top1": eval_metrics["top1"],
-                                        "eval_top5": eval_metrics["top5"],
-                                        "elapsed_s": time.perf_counter() - t_start})
-                    progress.message(f"eval @ step {step}: top1 {eval_metrics['top1']:.4f} top5 "
-                                     f"{eval_metrics['top5']:.4f} loss {eval_metrics['loss']:.4f} "
-                                     f"({eval_metrics['num_examples']} examples)")
-                saved = step % run.ckpt_every == 0 or step == total
-                if saved:
-                    ckpt.save(step, state, train_it.get_state(), eval_metrics if eval_now else None)
-                t_log += time.perf_counter() - t_pause
-                if step < total and guard.should_stop(step):
+                if step % config.log_every_steps == 0 or step == plan.total_steps:
+                    line = _log_train(loop, step)
+                    result["train_loss"] = line["loss"]
+                loop.progress.update(step, line)
+                evaluated, saved = _eval_and_checkpoint(loop, state, step)
+                eval_metrics = evaluated or eval_metrics
+                if step < plan.total_steps and guard.should_stop(step):
                     if not saved:
-                        ckpt.save(step, state, train_it.get_state())
-                    ckpt.wait()
-                    progress.message(f"SIGTERM: saved step {step} in {ckpt.directory}; rerun the same "
-                                     "command to resume.")
+                        checkpointer.save(step, state, loop.train_it.get_state())
+                    checkpointer.wait()
+                    loop.progress.message(f"SIGTERM: saved step {step} in {checkpointer.directory}; "
+                                          "rerun the same command to resume.")
                     result["preempted"] = True
                     break
         if not eval_metrics and not result["preempted"]:  # resumed at the end: evaluate anyway
-            eval_metrics = evaluate(eval_fn, state.variables, data, config, batch_sh, run.eval_batch)
-        ckpt.wait()
+            eval_metrics = evaluate_dataset(loop.eval_fn, state.variables, plan.data, config,
+                                            loop.batch_sharding, plan.eval_batch)
+        checkpointer.wait()
     finally:
-        progress.close()
-        writer.close()
+        loop.progress.close()
+        loop.writer.close()
     result.update(step=step, **{f"eval_{k}": v for k, v in eval_metrics.items()
                                 if k != "num_examples"},
                   num_examples=eval_metrics.get("num_examples"))
@@ -273,7 +294,7 @@ def _with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
     config = config.copy_and_resolve_references()
     for key in ("init_from", "data_dir", "manual_dir"):
         if config.get(key):
-            config[key] = ckpt_lib.absolute_path(config[key])
+            config[key] = absolute_path(config[key])
     return config
 
 
@@ -292,19 +313,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     validate_config(config)
     if data_module is None:
         from eca_jax import data as data_module  # noqa: PLC0415
-    workdir = ckpt_lib.absolute_path(workdir)
+    workdir = absolute_path(workdir)
     config = _with_absolute_paths(config)
     os.makedirs(workdir, exist_ok=True)
-    with ckpt_lib.workdir_lock(workdir):  # WorkdirInUseError while another trainer runs there
-        run = _setup(config, workdir, data_module)
-        ckpt = ckpt_lib.Checkpointer(workdir, signature(config, run.model.num_classes),
-                                     keep=config.keep_checkpoints, keep_best=config.keep_best,
-                                     async_save=config.async_checkpointing)
+    with checkpointing.workdir_lock(workdir):  # WorkdirInUseError while another trainer runs there
+        plan = _plan(config, workdir, data_module)
+        checkpointer = checkpointing.Checkpointer(
+            workdir, signature(config, plan.model.num_classes), keep=config.keep_checkpoints,
+            keep_best=config.keep_best, async_save=config.async_checkpointing)
         try:
-            state, start_step, data_state = _restore_or_init(run, ckpt)
-            result = _train_loop(run, ckpt, state, start_step, data_state, t_start)
+            state, start_step, data_state = _restore_or_init(plan, checkpointer)
+            result = _train_loop(plan, checkpointer, state, start_step, data_state, t_start)
         finally:
-            ckpt.close_quietly()
+            checkpointer.close_quietly()
     result["wall_s"] = time.perf_counter() - t_start
     if jax.process_index() == 0 and not result["preempted"]:
         result["plot"] = reporting.plot_curves(

@@ -12,13 +12,14 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """step: int32 () train_step calls done, i.e. micro-steps: optimizer updates times
-    grad_accum_steps (equal to the updates when grad_accum_steps is 1). The loop's step, the
-    checkpoint numbers, the logs and the learning-rate schedule count optimizer updates (the
-    schedule through the optimizer's own count in opt_state; optax.MultiSteps keeps the
-    micro-step position there). params / batch_stats: the model's variable collections
-    (float32); opt_state: the optax state; rng: uint32 (2,) base key (each micro-step's key is
-    fold_in(rng, step), so every micro-batch gets its own dropout key)."""
+    """step: int32 () optimizer updates applied, the same count as the loop's step, the
+    checkpoint numbers, the logs and the learning-rate schedule (which reads the optimizer's own
+    count in opt_state). Under gradient accumulation (optax.MultiSteps, grad_accum_steps = n)
+    train_step is called n times per update and advances step on the last of them; the position
+    within the update is MultiSteps' mini_step in opt_state. params / batch_stats: the model's
+    variable collections (float32); opt_state: the optax state; rng: uint32 (2,) base key (each
+    call's dropout key is fold_in(fold_in(rng, step), micro_index), so every micro-batch gets its
+    own key)."""
     step: jax.Array
     params: Any
     batch_stats: Any

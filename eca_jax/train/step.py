@@ -1,4 +1,13 @@
-"""Pure train and eval steps (no jit here; the loop compiles them over the mesh).
+"""The pure train step (no jit here; the loop compiles it over the mesh).
+
+Steps: ``state.step`` counts optimizer updates, as the loop's step, the checkpoint numbers, the
+logs and the learning-rate schedule do. Under gradient accumulation (``grad_accum_steps = n``,
+``optax.MultiSteps``) ``train_step`` is called n times per update (one micro-batch each); it
+reads its position in the update from the optimizer state (``MultiStepsState.mini_step``) and
+advances ``state.step`` only on the call whose update the optimizer applied (when MultiSteps'
+``gradient_step`` advances). Each call's dropout key is ``fold_in(fold_in(rng, step),
+micro_index)`` (micro_index 0 without accumulation), so every micro-batch gets its own key and a
+resumed run draws the same keys as an uninterrupted one.
 
 BatchNorm statistics: under ``jax.jit`` the batch is one global array, so with
 ``bn_groups=1`` BatchNorm normalises with the mean/variance of the *global* batch (all devices,
@@ -6,6 +15,8 @@ all processes), like SyncBatchNorm. The release trained with ``nn.DataParallel``
 GPUs, where each GPU normalised with the statistics of its own slice; ``bn_groups=G`` splits
 the batch into G groups normalised separately (vmap), and the running averages are the mean
 over groups of each group's update.
+
+The eval step and the loss live in :mod:`eca_jax.evaluation` (shared with ``eca_jax.evaluate``).
 """
 
 from __future__ import annotations
@@ -17,19 +28,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eca_jax.evaluation import cross_entropy  # also re-exported: it used to live here
 from eca_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
-                  ) -> jax.Array:
-    """Per-example softmax cross-entropy. logits (B, K) float32, labels (B,) int."""
-    num_classes = logits.shape[-1]
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
 
 
 def _forward_train(apply_fn: Callable, params: Any, batch_stats: Any, images: jax.Array,
@@ -48,14 +50,33 @@ def _forward_train(apply_fn: Callable, params: Any, batch_stats: Any, images: ja
     return logits.reshape((-1,) + logits.shape[2:]), jax.tree.map(lambda s: s.mean(0), stats)
 
 
+def micro_index(opt_state: Any) -> jax.Array:
+    """This call's position within the optimizer update: ``optax.MultiSteps``' ``mini_step``
+    (0 .. grad_accum_steps - 1), else 0 (every call is an update)."""
+    if isinstance(opt_state, optax.MultiStepsState):
+        return jnp.asarray(opt_state.mini_step, jnp.int32)
+    return jnp.zeros((), jnp.int32)
+
+
+def update_applied(old_opt_state: Any, new_opt_state: Any) -> jax.Array:
+    """bool (): whether the optimizer applied an update between the two states (MultiSteps: its
+    ``gradient_step`` advanced; any other optimizer: always)."""
+    if isinstance(new_opt_state, optax.MultiStepsState):
+        return new_opt_state.gradient_step != old_opt_state.gradient_step
+    return jnp.ones((), jnp.bool_)
+
+
 def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable,
                tx: optax.GradientTransformation, label_smoothing: float = 0.0,
                bn_groups: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer micro-step. batch: image (B, H, W, 3) float32, label (B,) int32.
+    """One micro-batch through the optimizer. batch: image (B, H, W, 3) float32, label (B,) int32.
 
-    Returns the new state and metrics {loss, accuracy} averaged over the global batch.
+    ``state.step`` advances by one when the optimizer applies its update (every call without
+    accumulation; the last micro-batch of each update with ``optax.MultiSteps``). Returns the new
+    state and metrics {loss, accuracy} averaged over the global batch.
     """
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                             micro_index(state.opt_state))
 
     def loss_fn(params):
         logits, new_stats = _forward_train(apply_fn, params, state.batch_stats, batch["image"],
@@ -67,35 +88,12 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     accuracy = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32).mean()
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
+    step = state.step + update_applied(state.opt_state, opt_state).astype(state.step.dtype)
+    new_state = state.replace(step=step, params=params, batch_stats=new_stats, opt_state=opt_state)
     return new_state, {"loss": loss, "accuracy": accuracy}
-
-
-def eval_step(variables: dict[str, Any], batch: Batch, *, apply_fn: Callable
-              ) -> dict[str, jax.Array]:
-    """Sums over the valid examples of one batch: loss, top1, top5 (correct counts), count.
-
-    batch may carry ``mask`` (B,) (padding of the last batch is 0); all sums are float32.
-    """
-    logits = apply_fn(variables, batch["image"], train=False).astype(jnp.float32)
-    labels = batch["label"]
-    mask = batch.get("mask")
-    mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    k = min(5, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
-    top1 = (topk[:, 0] == labels).astype(jnp.float32)
-    top5 = (topk == labels[:, None]).any(-1).astype(jnp.float32)
-    loss = cross_entropy(logits, labels)
-    return {"loss": (loss * mask).sum(), "top1": (top1 * mask).sum(),
-            "top5": (top5 * mask).sum(), "count": mask.sum()}
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
                     label_smoothing: float, bn_groups: int) -> Callable:
     return functools.partial(train_step, apply_fn=apply_fn, tx=tx,
                              label_smoothing=label_smoothing, bn_groups=bn_groups)
-
-
-def make_eval_step(apply_fn: Callable) -> Callable:
-    return functools.partial(eval_step, apply_fn=apply_fn)

@@ -1,4 +1,4 @@
-"""The one-to-one correspondence between Flax variables and PyTorch state-dict entries.
+"""Where a PyTorch key name comes from: the one-to-one map between Flax variables and state-dict entries.
 
 eca_jax's models name their modules after the PyTorch layout they follow, so the Flax path joined
 with "." is the PyTorch module path (``("layer1.0", "eca", "conv")`` <-> ``layer1.0.eca.conv``).
@@ -19,16 +19,27 @@ BN stats ``mean/var``  ``running_mean/running_var``  none (collection ``batch_st
                                                     ignored on import
 =====================  ===========================  ==========================================
 
+Key ORDER follows a rule, :func:`module_sort_key`: PyTorch lists a model's entries in the order
+its modules are defined, and the release, torchvision and timm define them alike (stem convs and
+BatchNorms by number, then the stages ``layer1``.. ``layerN``, then ``fc``; in a block ``conv1``,
+``bn1``, ``conv2``, ``bn2``, (``conv3``, ``bn3``,) the attention, ``downsample``; MobileNetV2's
+``features.N`` by number, then ``classifier``). Within a module: weight, bias, running_mean,
+running_var.
+
 Every function here is pure NumPy: no torch, no jax arrays required (ShapeDtypeStructs work
 wherever only shapes are needed).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from flax import traverse_util
+
+from eca_jax.checkpoints.errors import ConversionError
+from eca_jax.checkpoints.shapes import check_shapes
 
 # Flax -> PyTorch axis permutations by kernel rank; the inverse permutations go the other way.
 _TO_TORCH_AXES = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
@@ -36,9 +47,36 @@ _KIND_BY_RANK = {4: "conv2d", 3: "conv1d", 2: "dense"}
 BN_BUFFERS = ("running_mean", "running_var")
 NUM_BATCHES_TRACKED = "num_batches_tracked"
 
+# Rank of a module name among its siblings (PyTorch definition order); see module_sort_key.
+_ATTENTION_NAMES = ("eca", "se", "attn")
+_NAME = re.compile(r"^([a-z_]+?)(\d*)$")
 
-class ConversionError(ValueError):
-    """A checkpoint cannot be converted; the message names the file, key or argument at fault."""
+
+def _name_rank(name: str) -> tuple:
+    """Sort key of one module name among its siblings."""
+    if name.isdigit():
+        return (0, int(name))                       # features.3, conv1.0, downsample.1
+    m = _NAME.match(name)
+    base, number = (m.group(1), int(m.group(2) or 0)) if m else (name, 0)
+    if base in ("conv", "bn"):
+        return (1, number, 0 if base == "conv" else 1)   # conv1, bn1, conv2, bn2, ...; ECA's "conv"
+    if base in _ATTENTION_NAMES:
+        return (2, 0)
+    if base == "downsample":
+        return (3, 0)
+    if base in ("layer", "features"):
+        return (4, number)
+    if base in ("fc", "classifier"):
+        return (5, number)
+    return (6, 0, name)                             # not in any eca_jax layout: last, by name
+
+
+def module_sort_key(module_path: Sequence[str]) -> tuple:
+    """Sort key of a Flax module path (``("layer1.0", "eca", "conv")``) in PyTorch's module order.
+
+    The path is split into PyTorch's dotted names (``layer1``, ``0``, ``eca``, ``conv``), each ranked
+    among its siblings by :func:`_name_rank`."""
+    return tuple(_name_rank(part) for name in module_path for part in name.split("."))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,24 +108,18 @@ def _flat(tree: Mapping[str, Any]) -> dict[tuple, Any]:
     return traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
-def entries(variables: Mapping[str, Any], module_order: Optional[Sequence[tuple]] = None) -> list[Entry]:
+def entries(variables: Mapping[str, Any]) -> list[Entry]:
     """The PyTorch entries of ``variables`` ({"params", "batch_stats"}: arrays or ShapeDtypeStructs).
 
-    ``module_order`` (Flax module paths in the order PyTorch defines its modules; see
-    :func:`eca_jax.convert.arch.module_order`) orders the result like the original state dict;
-    without it, modules come in sorted order. Within a module: weight, bias, running_mean,
-    running_var (PyTorch's own order). Raises ConversionError for a leaf with no PyTorch meaning.
+    In PyTorch's order (:func:`module_sort_key`; within a module: weight, bias, running_mean,
+    running_var). Raises ConversionError for a leaf with no PyTorch meaning.
     """
     params, stats = _flat(variables.get("params", {})), _flat(variables.get("batch_stats", {}))
     modules: dict[tuple, dict[str, tuple]] = {}
     for collection, flat in (("params", params), ("batch_stats", stats)):
         for path in flat:
             modules.setdefault(path[:-1], {})[path[-1]] = (collection, flat[path])
-    if module_order is not None:
-        rank = {tuple(p): i for i, p in enumerate(module_order)}
-        order = sorted(modules, key=lambda p: (rank.get(p, len(rank)), p))
-    else:
-        order = sorted(modules)
+    order = sorted(modules, key=module_sort_key)
     out = []
     for module in order:
         leaves = modules[module]
@@ -122,14 +154,13 @@ def _leaf(variables: Mapping[str, Any], entry: Entry) -> Any:
     return node
 
 
-def torch_shapes(variables: Mapping[str, Any], module_order: Optional[Sequence[tuple]] = None
-                 ) -> dict[str, tuple]:
+def torch_shapes(variables: Mapping[str, Any]) -> dict[str, tuple]:
     """{PyTorch key: PyTorch shape} that ``variables`` (or its ShapeDtypeStructs) convert to."""
-    return {e.torch_key: e.torch_shape(_leaf(variables, e).shape) for e in entries(variables, module_order)}
+    return {e.torch_key: e.torch_shape(_leaf(variables, e).shape) for e in entries(variables)}
 
 
-def state_dict_from_flax(variables: Mapping[str, Any], *, num_batches_tracked: bool = False,
-                         module_order: Optional[Sequence[tuple]] = None) -> dict[str, np.ndarray]:
+def state_dict_from_flax(variables: Mapping[str, Any], *, num_batches_tracked: bool = False
+                         ) -> dict[str, np.ndarray]:
     """Flax ``{"params", "batch_stats"}`` -> PyTorch state dict of NumPy arrays (same dtypes).
 
     ``num_batches_tracked=True`` adds an int64 scalar 0 after every BatchNorm's running_var, as
@@ -137,7 +168,7 @@ def state_dict_from_flax(variables: Mapping[str, Any], *, num_batches_tracked: b
     transposes, no arithmetic.
     """
     out: dict[str, np.ndarray] = {}
-    for e in entries(variables, module_order):
+    for e in entries(variables):
         out[e.torch_key] = e.to_torch(np.asarray(_leaf(variables, e)))
         if num_batches_tracked and e.torch_key.endswith(".running_var"):
             out[e.torch_key[:-len("running_var")] + NUM_BATCHES_TRACKED] = np.zeros((), np.int64)
@@ -145,30 +176,12 @@ def state_dict_from_flax(variables: Mapping[str, Any], *, num_batches_tracked: b
 
 
 def compare_keys(found: Mapping[str, tuple], expected: Mapping[str, tuple], what: str) -> None:
-    """Raises ConversionError naming the first missing, unexpected and mis-shaped key (both shapes).
-
-    ``found``/``expected``: {PyTorch key: shape}; ``what`` describes the expected model.
-    """
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} mis-shaped, first {k!r}: shape {tuple(found[k])} in the state dict but "
-                     f"{tuple(expected[k])} in the model")
-    if missing:
-        parts.append(f"{len(missing)} missing, first {missing[0]!r} (model shape {tuple(expected[missing[0]])})")
-    if unexpected:
-        k = unexpected[0]
-        parts.append(f"{len(unexpected)} unexpected, first {k!r} (shape {tuple(found[k])})")
-    raise ConversionError(f"The state dict does not match {what}: " + "; ".join(parts) + ".")
+    """Raises ShapeMismatchError (a ConversionError) naming the first missing, unexpected and
+    mis-shaped PyTorch key; ``what`` describes the expected model."""
+    check_shapes(found, expected, source="The state dict", target=what)
 
 
-def flax_from_state_dict(state_dict: Mapping[str, Any], like: Mapping[str, Any],
-                         module_order: Optional[Sequence[tuple]] = None, what: str = "the model",
+def flax_from_state_dict(state_dict: Mapping[str, Any], like: Mapping[str, Any], what: str = "the model",
                          allow_missing: Iterable[str] = ()) -> dict[str, dict]:
     """PyTorch state dict (NumPy arrays) -> Flax ``{"params", "batch_stats"}`` shaped like ``like``.
 
@@ -178,7 +191,7 @@ def flax_from_state_dict(state_dict: Mapping[str, Any], like: Mapping[str, Any],
     absent and are left out of the result. Values are cast to ``like``'s dtypes (float32 -> float32
     is exact).
     """
-    table = entries(like, module_order)
+    table = entries(like)
     found = {k: tuple(np.shape(v)) for k, v in state_dict.items() if not k.endswith(NUM_BATCHES_TRACKED)}
     allowed = set(allow_missing)
     expected = {e.torch_key: e.torch_shape(_leaf(like, e).shape) for e in table if e.torch_key not in allowed

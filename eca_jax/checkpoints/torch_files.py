@@ -21,19 +21,12 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from eca_jax.convert.mapping import NUM_BATCHES_TRACKED, ConversionError
+from eca_jax.checkpoints.errors import ConversionError, UnreadableCheckpointError, UnsafePickleError
+from eca_jax.checkpoints.torch_keys import NUM_BATCHES_TRACKED
 
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 FORMATS = ("pth", "safetensors")
-
-
-class UnreadableCheckpointError(ConversionError):
-    """The file is missing, truncated, corrupt or not a checkpoint at all."""
-
-
-class UnsafePickleError(ConversionError):
-    """torch.load(weights_only=True) refused the file because its pickle holds code."""
 
 
 def sha256(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:

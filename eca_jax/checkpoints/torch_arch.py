@@ -21,60 +21,23 @@ What is read (never the file name, never the wrapper's ``arch`` field):
 
 The structure is matched against every registered model; exactly one must match (none: the error
 lists the closest models and how they differ; several: the error lists them and asks for
-``arch=``). Finally the chosen model's own parameter shapes are compared key by key (strict).
+``arch=``). :mod:`eca_jax.checkpoints.torch_resolve` then builds it with the k the weights have and
+compares its own parameter shapes key by key (strict).
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Mapping, Optional
 
-import jax
-import jax.numpy as jnp
 import flax.linen as nn
 
-from eca_jax.convert.mapping import ConversionError, compare_keys, torch_shapes
-from eca_jax.models import MobileNetV2, ResNet, create_model, get_model_cfg, list_models
-from eca_jax.models.registry import resolve_model_name
+from eca_jax.checkpoints.errors import AmbiguousArchitectureError, ConversionError, UnknownArchitectureError
+from eca_jax.models import MobileNetV2, ResNet, create_model, list_models
 
 Shapes = Mapping[str, tuple]
 HEADS = {ResNet: "fc", MobileNetV2: "classifier.1"}
-WIDTH_MULTIPLIERS = (1.0, 0.5, 0.75, 1.4, 1.3, 0.35, 0.25, 1.5, 2.0)
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.")
 _ECA_KEY = re.compile(r"^(.*)\.conv\.weight$")
-
-
-class AmbiguousArchitectureError(ConversionError):
-    """The keys and shapes fit several registered models (or none cleanly); pass ``arch=``."""
-
-
-class UnknownArchitectureError(ConversionError):
-    """The keys and shapes fit no registered model."""
-
-
-@dataclasses.dataclass
-class Architecture:
-    """A resolved model for a state dict.
-
-    name: registered model name; kwargs: create_model overrides read from the weights (k_size,
-    width_mult, ...); num_classes: of the built model; file_classes: of the file's head (None when
-    headless); module: the flax Module; abstract: ``jax.eval_shape`` of its variables; order:
-    Flax module paths in PyTorch's definition order; eca_k: {PyTorch module path: k};
-    layout: "release" | "torchvision" | "timm".
-    """
-    name: str
-    kwargs: dict
-    num_classes: int
-    file_classes: Optional[int]
-    module: nn.Module
-    abstract: Any
-    order: list
-    eca_k: dict
-    layout: str
-
-    @property
-    def head(self) -> str:
-        return head_prefix(self.module)
 
 
 def head_prefix(module: nn.Module) -> str:
@@ -84,30 +47,6 @@ def head_prefix(module: nn.Module) -> str:
             return prefix
     raise ConversionError(f"{type(module).__name__} has no PyTorch layout in eca_jax.convert "
                           f"(supported: {', '.join(c.__name__ for c in HEADS)}).")
-
-
-def abstract_variables(module: nn.Module, in_chans: int = 3, size: int = 64) -> tuple[Any, list]:
-    """(``jax.eval_shape`` of ``module.init``, Flax module paths in call order). Nothing is computed.
-
-    The call order of the modules is the definition order of their PyTorch counterparts, so it
-    orders an exported state dict exactly like the release's / timm's files.
-    """
-    order: list = []
-    seen: set = set()
-
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__":
-            path = tuple(context.module.path)
-            if path not in seen:
-                seen.add(path)
-                order.append(path)
-        return next_fun(*args, **kwargs)
-
-    def init():
-        with nn.intercept_methods(interceptor):
-            return module.init(jax.random.key(0), jnp.zeros((1, size, size, in_chans), jnp.float32), train=False)
-
-    return jax.eval_shape(init), order
 
 
 def eca_kernels(shapes: Shapes) -> dict[str, int]:
@@ -273,156 +212,4 @@ def match_registry(desc: dict) -> str:
     raise UnknownArchitectureError(f"Unknown architecture: no registered model has the structure {summary}. "
                                    f"Closest: {hint or 'none of the same family'}.")
 
-
-# ------------------------------------------------------------------------------------------------
-# Building the model with the k (and width) the weights have
-# ------------------------------------------------------------------------------------------------
-
-def _resnet_k(eca: Mapping[str, int], num_stages: int) -> tuple:
-    per_stage = []
-    for s in range(1, num_stages + 1):
-        ks = {p: k for p, k in eca.items() if p.startswith(f"layer{s}.")}
-        values = sorted(set(ks.values()))
-        if len(values) > 1:
-            first = {v: min((p for p, k in ks.items() if k == v), key=lambda p: int(p.split(".")[1])) for v in values}
-            examples = ", ".join(f"{p} has k={v}" for v, p in sorted(first.items(), key=lambda vp: int(vp[1].split(".")[1])))
-            raise ConversionError(
-                f"ECA kernel sizes change inside stage layer{s}: {examples}. eca_jax's ResNets take one k "
-                "per stage (as every released and timm checkpoint has); per-block k is not supported.")
-        per_stage.append(values[0] if values else None)
-    return tuple(per_stage)
-
-
-def _mobilenet_k(eca: Mapping[str, int], name: str, kwargs: dict, release: Mapping[str, int]) -> Any:
-    """The MobileNetV2 ``k_size`` for per-block kernel sizes ``eca``: one int, or "adaptive"."""
-    blocks = sorted(eca, key=lambda p: int(p.split(".")[1]))
-    ks = [eca[p] for p in blocks]
-    if len(set(ks)) == 1:
-        return ks[0]
-    adaptive = create_model(name, **dict(kwargs, k_size="adaptive"))
-    if [eca_kernels(torch_shapes(abstract_variables(adaptive)[0])).get(p) for p in blocks] == ks:
-        return "adaptive"
-    raise ConversionError(f"ECA kernel sizes {dict(zip(blocks, ks))} follow neither the release's rule "
-                          f"({dict(release)}), one k for all blocks, nor the adaptive rule; MobileNetV2 has no "
-                          "per-block k.")
-
-
-def _build(name: str, num_classes: int, kwargs: dict) -> tuple[nn.Module, Any, list, dict]:
-    module = create_model(name, num_classes=num_classes, **kwargs)
-    abstract, order = abstract_variables(module, getattr(module, "in_chans", 3))
-    return module, abstract, order, torch_shapes(abstract, order)
-
-
-def _body(shapes: Shapes, head: str) -> dict:
-    return {k: v for k, v in shapes.items() if not k.startswith(head + ".")}
-
-
-def _non_eca(shapes: Shapes, head: str) -> dict:
-    eca = eca_kernels(shapes)
-    return {k: v for k, v in _body(shapes, head).items() if k[:-len(".weight")] not in eca}
-
-
-def _fit_width(name: str, shapes: Shapes, num_classes: int, kwargs: dict, head: str):
-    """Tries width multipliers for a MobileNetV2 whose channel counts are not those of width 1.0.
-
-    Returns (kwargs, built) for the first multiplier whose non-ECA shapes all fit, else (kwargs, None).
-    """
-    stem = shapes.get("features.0.0.weight")
-    if stem is None or len(stem) != 4:
-        return kwargs, None          # not a MobileNetV2 at all: the strict check names the keys
-    target = _non_eca(shapes, head)
-    guess = round(stem[0] / 32, 4)
-    for wm in dict.fromkeys(WIDTH_MULTIPLIERS + (guess,)):
-        trial = dict(kwargs, width_mult=wm) if wm != 1.0 else dict(kwargs)
-        built = _build(name, num_classes, trial)
-        if _non_eca(built[3], head) == target:
-            return trial, built
-    return kwargs, None
-
-
-def resolve(shapes: Shapes, arch: Optional[str] = None, num_classes: Optional[int] = None) -> Architecture:
-    """The model for a state dict of ``shapes`` ({PyTorch key: shape}, num_batches_tracked dropped).
-
-    ``arch=None``: inferred (see module docstring). ``arch=name``: that registered model; k (and a
-    MobileNetV2's width) still come from the weights, everything else must match exactly.
-    ``num_classes``: of the returned model (default: the file's head); differing from the file's
-    head is allowed (the head is then re-initialised by the caller), every other key is strict.
-    Raises ConversionError (or a subclass) naming what does not fit.
-    """
-    forced = arch is not None
-    if forced:
-        try:
-            name = resolve_model_name(arch)
-        except ValueError as e:
-            raise ConversionError(str(e)) from None
-        probe = create_model(name)
-        family = "mobilenet_v2" if isinstance(probe, MobileNetV2) else "resnet"
-        kwargs: dict = {}
-        file_classes = _head_classes(shapes, head_prefix(probe))
-    else:
-        desc = describe(shapes)
-        name = match_registry(desc)
-        family = desc["family"]
-        kwargs = {}
-        if desc.get("in_chans", 3) != 3:
-            kwargs["in_chans"] = desc["in_chans"]
-        probe = create_model(name)
-        if desc.get("attn") == "se":
-            default = dict(probe.attn_kwargs or {})
-            if default.get("reduction", 16) != desc["reduction"]:
-                kwargs["attn_kwargs"] = {**default, "reduction": desc["reduction"]}
-        file_classes = desc["num_classes"]
-    head = head_prefix(probe)
-    headless_unknown = num_classes is None and file_classes is None
-    if num_classes is None:
-        num_classes = file_classes or probe.num_classes   # headless: checked below, then refused
-    what = f"{name} ({'arch forced' if forced else 'inferred from the keys'})"
-    module, abstract, order, expected = _build(name, num_classes, kwargs)
-    eca = eca_kernels(shapes)
-    if family == "mobilenet_v2" and _non_eca(expected, head) != _non_eca(shapes, head):
-        kwargs, built = _fit_width(name, shapes, num_classes, kwargs, head)
-        if built is not None:
-            module, abstract, order, expected = built
-    expected_eca = eca_kernels(expected)
-    if eca and set(eca) == set(expected_eca) and eca != expected_eca:
-        if family == "resnet":
-            kwargs["k_size"] = _resnet_k(eca, len(module.layers))
-        else:
-            kwargs["k_size"] = _mobilenet_k(eca, name, kwargs, expected_eca)
-        module, abstract, order, expected = _build(name, num_classes, kwargs)
-    keep_head = file_classes == num_classes
-    compare_keys(shapes if keep_head else _body(shapes, head), expected if keep_head else _body(expected, head), what)
-    if headless_unknown:
-        raise ConversionError(f"The state dict has no classifier ({head}.weight), so the number of classes "
-                              "is unknown: pass num_classes (a new head is initialised).")
-    return Architecture(name=name, kwargs=kwargs, num_classes=num_classes, file_classes=file_classes,
-                        module=module, abstract=abstract, order=order, eca_k=eca_kernels(expected),
-                        layout=get_model_cfg(name).torch_layout)
-
-
-def _head_classes(shapes: Shapes, head: str) -> Optional[int]:
-    w = shapes.get(f"{head}.weight")
-    return int(w[0]) if w is not None and len(w) == 2 else None
-
-
-def model_for(arch: Any, **kwargs: Any) -> tuple[nn.Module, str]:
-    """(module, layout) for a registered name (``kwargs`` -> create_model) or a Module (layout guessed:
-    a ResNet with the avg-pool shortcut follows timm, anything else the release/torchvision layout)."""
-    if isinstance(arch, nn.Module):
-        layout = "timm" if isinstance(arch, ResNet) and arch.avg_down else "release"
-        return arch, layout
-    try:
-        name = resolve_model_name(arch)
-    except ValueError as e:
-        raise ConversionError(str(e)) from None
-    return create_model(name, **kwargs), get_model_cfg(name).torch_layout
-
-
-def stage_k(eca_k: Mapping[str, int]) -> list:
-    """Compact per-stage view of {module path: k}: ResNets -> [k per stage], MobileNetV2 -> [k per block]."""
-    groups: dict[str, set] = {}
-    for path, k in eca_k.items():
-        groups.setdefault(".".join(path.split(".")[:2]) if path.startswith("features.") else path.split(".")[0],
-                          set()).add(k)
-    return [sorted(v)[0] if len(v) == 1 else sorted(v) for v in groups.values()]
 
