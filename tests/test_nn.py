@@ -1,5 +1,4 @@
 """eca_jax.nn against independent NumPy references: ECA, CECA and every Table-2 layer."""
-import math
 
 import jax
 import jax.numpy as jnp

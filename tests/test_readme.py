@@ -61,4 +61,4 @@ def test_readme_conversion_snippet_with_relative_paths(tmp_path, monkeypatch):
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert rel < 1e-4, rel   # float32 logits; the converter's own tests measure ~9e-7
     assert Path("eca_resnet50.pth").is_file()
-    assert namespace["metadata"]["arch"] == "eca_resnet50"
+    assert namespace["loaded"].metadata["arch"] == namespace["loaded"].signature.model == "eca_resnet50"

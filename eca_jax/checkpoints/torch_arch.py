@@ -145,7 +145,7 @@ def describe_resnet(shapes: Shapes) -> dict:
         raise UnknownArchitectureError(f"Blocks differ in their attention modules ({sorted(map(str, attention))}); "
                                        "eca_jax's ResNets put the same attention in every block.")
     kind = attention.pop()
-    desc["attn"], desc["attn_name"], desc["reduction"] = kind if kind else (None, None, None)
+    desc["attn"], desc["attn_scope"], desc["reduction"] = kind if kind else (None, None, None)
     fc = shapes.get("fc.weight")
     desc["num_classes"] = int(fc[0]) if fc is not None and len(fc) == 2 else None
     return desc
@@ -187,8 +187,8 @@ def _differences(desc: dict, model: nn.Module) -> list[str]:
     model_kind = {"eca": "eca", "ceca": "eca"}.get(model.attn, model.attn)
     if model_kind != desc["attn"]:
         diffs.append(f"attention {model.attn} vs {desc['attn']} in the file")
-    elif desc["attn"] is not None and model.attn_name != desc["attn_name"]:
-        diffs.append(f"attention attribute {model.attn_name!r} vs {desc['attn_name']!r} in the file")
+    elif desc["attn"] is not None and model.attn_scope != desc["attn_scope"]:
+        diffs.append(f"attention attribute {model.attn_scope!r} vs {desc['attn_scope']!r} in the file")
     return diffs
 
 

@@ -30,7 +30,7 @@ class Converted:
     """The result of :func:`convert`.
 
     module / variables: ready for ``module.apply(variables, x_nhwc, train=False)``;
-    arch: the resolved :class:`~eca_jax.convert.arch.Architecture` (name, kwargs, k per layer);
+    arch: the resolved :class:`~eca_jax.checkpoints.torch_resolve.Architecture` (name, kwargs, k per layer);
     source: what was read (path, sha256, the wrapper's unused ``arch`` field);
     notes: what the user should know (e.g. a re-initialised head);
     state_dict: the cleaned PyTorch state dict that was read (NumPy; for --verify).

@@ -58,7 +58,7 @@ def _se(sd: Tensors, prefix: str, x: torch.Tensor) -> torch.Tensor:
 def _attention(model: ResNet, sd: Tensors, prefix: str, y: torch.Tensor) -> torch.Tensor:
     if model.attn is None:
         return y
-    where = f"{prefix}.{model.attn_name}"
+    where = f"{prefix}.{model.attn_scope}"
     if model.attn in ("eca", "ceca"):
         return _eca(sd, where, y, circular=model.attn == "ceca")
     if model.attn == "se":

@@ -38,12 +38,16 @@ class ImplOptions:
       hand_written_backward: BatchNorm [-> ECA gate] [+ residual] [-> act] in training as one op with a
         hand-written backward (:func:`eca_jax.nn.fused.batch_norm_act`) instead of the unfused layers
         under autodiff.
+      fused_block_tail: the end of a residual block, BatchNorm -> ECA -> + shortcut -> ReLU
+        (:func:`eca_jax.models.tail.block_tail`), as one fused BatchNorm op (True) or as the plain
+        layers one after another: BatchNorm, the attention module's own call, add, activation (False).
     """
     pointwise_as_dot: bool = True
     depthwise_shifted: bool = True
     depthwise_rows_grad: bool = True
     small_input_im2col: bool = True
     hand_written_backward: bool = True
+    fused_block_tail: bool = True
 
     def conv_kwargs(self) -> dict[str, bool]:
         """The keyword switches of :func:`eca_jax.kernels.conv_general_dilated`."""

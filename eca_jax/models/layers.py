@@ -43,7 +43,8 @@ def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = 
 
     The variables are ``nn.BatchNorm``'s; the call can fuse what follows the normalisation
     (``residual=``, ``eca_kernel=``, ``act="relu"``): see :mod:`eca_jax.nn.fused`
-    (``impl.hand_written_backward`` picks its training-mode implementation).
+    (``impl.hand_written_backward`` picks its training-mode implementation). The models choose
+    between that fused call and the plain layers in one place, :func:`eca_jax.models.tail.block_tail`.
 
     Under ``jax.jit`` with a batch sharded over a mesh, the statistics are those of the GLOBAL
     batch (XLA inserts the all-reduce), unlike PyTorch DataParallel's per-GPU statistics.

@@ -3,6 +3,19 @@
 Parameter paths joined with "." are the PyTorch keys: ``features.0.0`` (stem conv),
 ``features.N.conv.I`` (block layers), ``features.18.0/.1`` (last 1x1 conv + BN), ``classifier.1``.
 
+Where ECA sits in a block (the release's InvertedResidual): after the projection BatchNorm,
+before the residual add; there is no activation after the projection (a linear bottleneck):
+
+    y = relu6(bn(conv_1x1(x)))         # expand to hidden = round(t * in) channels (left out when t == 1)
+    y = relu6(bn(conv_dw3x3(y)))       # depthwise, stride s
+    y = bn(conv_1x1(y))                # project to out channels; from here on: the block's tail
+    y = eca(y)                         # y * sigmoid(conv1d_k(mean_hw y)), k taps shared by all channels
+    return y + x if s == 1 and in == out else y
+
+``InvertedResidual.__call__`` reads exactly so; the tail is :func:`eca_jax.models.tail.block_tail`,
+by default one fused BatchNorm op (:mod:`eca_jax.nn.fused`), with
+``impl=ImplOptions(fused_block_tail=False)`` layer by layer (``ECA.__call__``); same variables and results.
+
 The release's rules (ECA.md): ReLU6, channels ``int(c * width_mult)`` with no make_divisible,
 last channel ``int(1280 * max(1, width_mult))``, hidden ``int(round(inp * t))``, Dropout(0.25),
 ECA after the projection BN of all 17 blocks with k = 1 if the setting's unscaled c < 96 else 3.
@@ -19,6 +32,7 @@ import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import batch_norm, check_image_batch, classifier, conv2d, global_pool
+from eca_jax.models.tail import block_tail
 from eca_jax.nn.eca import ECA, eca_kernel_size
 
 # (expand ratio t, output channels c, repeats n, first stride s)
@@ -45,6 +59,7 @@ class InvertedResidual(nn.Module):
 
     Keys: t != 1: conv.0 (pw ConvBNReLU6), conv.1 (dw ConvBNReLU6), conv.2 (pw-linear), conv.3 (BN),
     conv.4 (ECA); t == 1: conv.0 (dw), conv.1 (pw-linear), conv.2 (BN), conv.3 (ECA).
+    The tail (BN, ECA, + x) is :func:`eca_jax.models.tail.block_tail` with no activation.
     ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
     """
     out_channels: int
@@ -67,11 +82,11 @@ class InvertedResidual(nn.Module):
         y = norm(name=f"conv.{index}.1")(
             conv(self.hidden, 3, self.stride, groups=self.hidden, name=f"conv.{index}.0")(y), act="relu6")
         z = conv(self.out_channels, 1, name=f"conv.{index + 1}")(y)
-        # ECA and the residual add fuse into the projection BatchNorm (eca_jax.nn.fused).
-        kernel = None if self.eca_k is None else \
-            ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype).kernel
-        residual = x if self.stride == 1 and x.shape[-1] == self.out_channels else None
-        return norm(name=f"conv.{index + 2}")(z, residual=residual, eca_kernel=kernel)
+        attention = None if self.eca_k is None else \
+            ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype)
+        shortcut = x if self.stride == 1 and x.shape[-1] == self.out_channels else None
+        # The paper's order: projection BN -> ECA -> + x (no activation after the projection).
+        return block_tail(norm(name=f"conv.{index + 2}"), attention, z, shortcut, act=None, impl=self.impl)
 
 
 class MobileNetV2(nn.Module):

@@ -5,13 +5,27 @@ state-dict module paths of the corresponding layout, e.g. ``layer1.0.conv1`` / `
 (release) or ``layer1.0.se.conv`` and ``conv1.0`` (timm's deep stem), so converting checkpoints is
 a matter of renaming leaves (kernel <-> weight) and transposing kernels.
 
-Where attention sits (release and timm): after the last BatchNorm of the residual branch, before
-the residual add and the final ReLU; stride on the 3x3 conv.
+Where ECA sits in a block (release and timm; SE-ResNet puts SE in the same place): after the
+last BatchNorm of the residual branch, before the residual add and the final ReLU. A bottleneck:
+
+    shortcut = x or downsample(x)      # 1x1 conv (stride s) + BN; ResNet-D: avg pool + 1x1 conv + BN
+    y = relu(bn1(conv1(x)))            # 1x1
+    y = relu(bn2(conv2(y)))            # 3x3, stride s (the stride is on the 3x3 conv)
+    y = bn3(conv3(y))                  # 1x1 to 4 * planes; from here on: the block's tail
+    y = eca(y)                         # y * sigmoid(conv1d_k(mean_hw y)), k taps shared by all channels
+    y = y + shortcut
+    return relu(y)
+
+A basic block has two 3x3 convs and the same tail after bn2. ``ResidualBlock.__call__`` reads
+exactly so; the tail is :func:`eca_jax.models.tail.block_tail`, which by default runs it as one
+fused BatchNorm op (:mod:`eca_jax.nn.fused`, faster on CPU) and with
+``impl=ImplOptions(fused_block_tail=False)`` layer by layer (``ECA.__call__`` etc.); both have the
+same variables and results.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +34,8 @@ import flax.linen as nn
 from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
                                    global_pool, max_pool_3x3_s2)
+from eca_jax.models.tail import block_tail
 from eca_jax.nn.attention import make_attention
-from eca_jax.nn.eca import ECA
 from eca_jax.nn.checks import check_odd_kernel
 
 KSize = Union[None, int, str, Sequence[Optional[int]]]
@@ -51,6 +65,10 @@ def resolve_stage_k(k_size: KSize, num_stages: int) -> tuple[Optional[int], ...]
 class ResidualBlock(nn.Module):
     """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block with optional attention.
 
+    ``out = relu(attention(bn_last(conv_last(...conv1(x)))) + shortcut(x))``: the tail is
+    :func:`eca_jax.models.tail.block_tail` (fused into the BatchNorm by default, or layer by layer
+    with ``impl.fused_block_tail=False``; same variables and results).
+
     Shortcut: ``"conv"`` = 1x1 strided conv + BN (``downsample.0/.1``), ``"avg"`` = ResNet-D's
     2x2 ceil-mode average pool (when strided) + 1x1 conv + BN (``downsample.1/.2``), None = identity.
     ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
@@ -60,35 +78,28 @@ class ResidualBlock(nn.Module):
     stride: int = 1
     shortcut: Optional[str] = None
     attn: Optional[str] = None
-    attn_name: str = "eca"
+    attn_scope: str = "eca"
     attn_kwargs: Mapping[str, Any] = None
     zero_init_last_bn: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
 
+    def _shortcut(self, x: jax.Array, conv: Callable, norm: Callable, out_channels: int) -> jax.Array:
+        """x itself, or the downsample branch (conv + BN, ResNet-D: avg pool + conv + BN)."""
+        if self.shortcut == "conv":
+            return norm(name="downsample.1")(conv(out_channels, 1, self.stride, name="downsample.0")(x))
+        if self.shortcut == "avg":
+            pooled = avg_pool_2x2_ceil(x) if self.stride > 1 else x
+            return norm(name="downsample.2")(conv(out_channels, 1, name="downsample.1")(pooled))
+        return x
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         out_channels = self.planes * EXPANSION[self.kind]
-
-        # Shortcut modules are built here (a Flax module's parent is where it is constructed) but
-        # called after the main branch: PyTorch's module order (..., bn3, eca, downsample).
-        if self.shortcut == "conv":
-            shortcut_layers = (conv(out_channels, 1, self.stride, name="downsample.0"), norm(name="downsample.1"))
-        elif self.shortcut == "avg":
-            shortcut_layers = (avg_pool_2x2_ceil if self.stride > 1 else (lambda v: v),
-                               conv(out_channels, 1, name="downsample.1"), norm(name="downsample.2"))
-        else:
-            shortcut_layers = ()
-
-        def shortcut() -> jax.Array:
-            out = x
-            for layer in shortcut_layers:
-                out = layer(out)
-            return out
-
+        shortcut = self._shortcut(x, conv, norm, out_channels)
         if self.kind == "bottleneck":
             y = norm(name="bn1")(conv(self.planes, 1, name="conv1")(x), act="relu")
             y = norm(name="bn2")(conv(self.planes, 3, self.stride, name="conv2")(y), act="relu")
@@ -96,15 +107,11 @@ class ResidualBlock(nn.Module):
         else:
             y = norm(name="bn1")(conv(self.planes, 3, self.stride, name="conv1")(x), act="relu")
             z, last_bn = conv(out_channels, 3, name="conv2")(y), "bn2"
-        last_norm = norm(name=last_bn, zero_init=self.zero_init_last_bn)
-        attn = make_attention(self.attn, name=self.attn_name, dtype=self.dtype, param_dtype=self.param_dtype,
-                              **(self.attn_kwargs or {}))   # None when self.attn is None
-        if attn is None:
-            return last_norm(z, residual=shortcut, act="relu")
-        if isinstance(attn, ECA):   # ECA and CECA: the gate fuses into the BatchNorm (eca_jax.nn.fused)
-            return last_norm(z, residual=shortcut, eca_kernel=attn.kernel, act="relu", eca_padding=attn.padding)
-        y = attn(last_norm(z))
-        return nn.relu(y + shortcut())
+        attention = make_attention(self.attn, name=self.attn_scope, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   **(self.attn_kwargs or {}))   # None when self.attn is None
+        # The paper's order: last BN -> attention -> + shortcut -> ReLU.
+        return block_tail(norm(name=last_bn, zero_init=self.zero_init_last_bn), attention, z, shortcut,
+                          act="relu", impl=self.impl)
 
 
 class ResNet(nn.Module):
@@ -118,7 +125,8 @@ class ResNet(nn.Module):
         "conv3" (3x3/1, no pool: small 32x32 inputs).
       stem_width: width of the 7x7 / 3x3 stem (deep stems end at 2 * stem_width channels).
       avg_down: ResNet-D shortcut (avg pool + 1x1 conv) instead of a strided 1x1 conv.
-      attn: a name of :func:`eca_jax.nn.make_attention` or None; attn_name: its parameter scope
+      attn: a name of :func:`eca_jax.nn.make_attention` or None.
+      attn_scope: the Flax scope name of the attention module, which is also its PyTorch attribute
         ("eca" in the release, "se" in timm and SE-ResNets).
       k_size: ECA kernel sizes, per stage (list), for all stages (int) or "adaptive"/None.
       attn_kwargs: extra layer arguments (e.g. min_size=3 for timm's rule, reduction for SE).
@@ -136,7 +144,7 @@ class ResNet(nn.Module):
     stem_width: int = 64
     avg_down: bool = False
     attn: Optional[str] = None
-    attn_name: str = "eca"
+    attn_scope: str = "eca"
     k_size: KSize = None
     attn_kwargs: Mapping[str, Any] = None
     zero_init_last_bn: bool = False
@@ -188,7 +196,7 @@ class ResNet(nn.Module):
                 x = ResidualBlock(
                     self.block, planes, stride,
                     shortcut=("avg" if self.avg_down else "conv") if needs_shortcut else None,
-                    attn=self.attn, attn_name=self.attn_name, attn_kwargs=self._stage_attn_kwargs(stage_k[stage]),
+                    attn=self.attn, attn_scope=self.attn_scope, attn_kwargs=self._stage_attn_kwargs(stage_k[stage]),
                     zero_init_last_bn=self.zero_init_last_bn, dtype=self.dtype, param_dtype=self.param_dtype,
                     impl=self.impl, name=f"layer{stage + 1}.{index}")(x, train)
                 in_channels = out_channels

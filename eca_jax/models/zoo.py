@@ -35,11 +35,11 @@ for _depth, (_block, _layers) in DEPTHS.items():
     _entry(ResNet, f"eca_resnet{_depth}", ModelCfg(
         torch_layout="release", eca_k=_k, top1=RELEASE_TOP1[_depth],
         weights=f"eca_resnet{_depth}_k{''.join(map(str, _k))}.pth.tar"),
-        block=_block, layers=_layers, attn="eca", attn_name="eca", k_size=_k)
+        block=_block, layers=_layers, attn="eca", attn_scope="eca", k_size=_k)
     _entry(ResNet, f"resnet{_depth}", ModelCfg(torch_layout="torchvision"), block=_block, layers=_layers)
 
 _entry(ResNet, "se_resnet50", ModelCfg(torch_layout="release"),
-       block=BOTTLENECK, layers=(3, 4, 6, 3), attn="se", attn_name="se", attn_kwargs={"reduction": 16})
+       block=BOTTLENECK, layers=(3, 4, 6, 3), attn="se", attn_scope="se", attn_kwargs={"reduction": 16})
 
 _entry(MobileNetV2, "eca_mobilenet_v2", ModelCfg(
     torch_layout="release", eca_k=(1,) * 10 + (3,) * 7, top1=72.56, weights="eca_mobilenetv2_k13.pth.tar"),
@@ -49,7 +49,7 @@ _entry(MobileNetV2, "mobilenet_v2", ModelCfg(torch_layout="torchvision"), layout
 # timm's ECA ResNet-D family: attention scope "se", adaptive k with k >= 3, bicubic eval; input and
 # test sizes and crops as timm's pretrained_cfgs (tests/reference/timm_pretrained_cfgs.json).
 _timm = partial(ModelCfg, torch_layout="timm", interpolation="bicubic", test_crop_pct=0.95)
-_timm_arch = dict(block=BOTTLENECK, attn="eca", attn_name="se", k_size="adaptive", attn_kwargs={"min_size": 3})
+_timm_arch = dict(block=BOTTLENECK, attn="eca", attn_scope="se", k_size="adaptive", attn_kwargs={"min_size": 3})
 _entry(ResNet, "ecaresnet26t", _timm(input_size=256, test_input_size=320, eca_k=(5, 5, 5, 7)),
        layers=(2, 2, 2, 2), stem="deep_tiered", stem_width=32, avg_down=True, **_timm_arch)
 _entry(ResNet, "ecaresnet50d", _timm(test_input_size=288, eca_k=(5, 5, 5, 7), top1=80.63),
@@ -66,5 +66,5 @@ _entry(ResNet, "ecaresnet269d", _timm(input_size=320, test_input_size=352, crop_
 
 # Small ResNets for 32x32 inputs (the digits main job, tests): 3x3 stem, no pool, 3 stages of basic blocks.
 _small = dict(block=BASIC, layers=(1, 1, 1), widths=(16, 32, 64), stem="conv3", stem_width=16)
-_entry(ResNet, "eca_resnet8_cifar", ModelCfg(input_size=32), attn="eca", attn_name="eca", k_size=3, **_small)
+_entry(ResNet, "eca_resnet8_cifar", ModelCfg(input_size=32), attn="eca", attn_scope="eca", k_size=3, **_small)
 _entry(ResNet, "resnet8_cifar", ModelCfg(input_size=32), **_small)

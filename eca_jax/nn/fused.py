@@ -215,9 +215,8 @@ class BatchNormAct(nn.Module):
 
     Call: ``BatchNormAct(...)(z, residual=None, eca_kernel=None, act=None, eca_padding="zero")``,
     z (N, *spatial, C). ``residual`` may also be a zero-argument callable and ``eca_kernel`` a
-    callable of the channel count (e.g. ``ECA(...).kernel``): they are then evaluated inside this
-    call, so the modules they create come after this one in call order (PyTorch's module order:
-    bn3, eca, downsample). Running averages update like ``nn.BatchNorm`` (momentum = weight of
+    callable of the channel count (e.g. ``ECA(...).kernel``, which creates the ECA layer's own
+    parameter): they are then evaluated inside this call. Running averages update like ``nn.BatchNorm`` (momentum = weight of
     the old value; biased batch variance; no update while initialising).
 
     ``hand_written_backward=False`` computes training mode with :func:`batch_norm_act_autodiff`
