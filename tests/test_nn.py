@@ -359,3 +359,46 @@ def test_nnx_model_composes_eca():
     net = Net(nnx.Rngs(0))
     y = net(jnp.asarray(random_x((2, 4, 4, 3))))
     assert y.shape == (2, 4, 4, 8) and bool(jnp.isfinite(y).all())
+
+
+# ---------------------------------------------------------------- the paper's rows (eca_jax.nn.rows)
+@pytest.mark.parametrize("size", [2, 3, 6, 12])
+def test_se_gc_with_channels_per_group_matches_numpy(size):
+    """SE-GC given its group size (SE-GC2: 16 channels per group, SE-GC3: 8): G = C / size."""
+    channels = 12
+    x = random_x((2, 3, 3, channels))
+    variables, got = _apply_with_params(enn.make_attention("se_gc", channels_per_group=size), x)
+    kernel = np.asarray(params_of(variables)["kernel"])
+    groups = channels // size
+    assert kernel.shape == (groups, size, size)
+    dense = np.zeros((channels, channels), np.float32)
+    for g in range(groups):
+        dense[g * size:(g + 1) * size, g * size:(g + 1) * size] = kernel[g]
+    np.testing.assert_allclose(got, gate(x, np_gap(x) @ dense), rtol=1e-5, atol=1e-5)
+    assert n_params(variables) == channels * size
+
+
+@pytest.mark.parametrize("row,channels,groups", [("SE-GC1", 32, 16), ("SE-GC2", 32, 2), ("SE-GC3", 32, 4),
+                                                 ("se_gc2", 64, 4), ("Se-Gc3", 64, 8)])
+def test_se_gc_rows_resolve_their_groups_from_c(row, channels, groups):
+    layer = enn.make_attention(row)
+    variables = layer.init(jax.random.key(0), random_x((1, 2, 2, channels)))
+    assert params_of(variables)["kernel"].shape == (groups, channels // groups, channels // groups)
+
+
+def test_se_gc_group_size_not_dividing_c_names_c():
+    with pytest.raises(ValueError, match=r"channels_per_group=5 must divide the channel count C=12"):
+        enn.make_attention("se_gc", channels_per_group=5).init(jax.random.key(0), random_x((1, 2, 2, 12)))
+
+
+@pytest.mark.parametrize("name", enn.row_names())
+def test_every_row_builds_by_any_spelling(name):
+    for spelling in (name, name.lower(), name.upper().replace("-", "_")):
+        layer = enn.make_attention(spelling)
+        if name == "vanilla":
+            assert layer is None
+            continue
+        x = random_x((1, 2, 2, 32))
+        variables = layer.init(jax.random.key(0), x)
+        count = n_params(variables) if "params" in variables else 0     # SE-Var1 has none
+        assert count == enn.get_row(name).block_params(32)

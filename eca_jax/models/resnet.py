@@ -35,7 +35,8 @@ from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
                                    global_pool, max_pool_3x3_s2)
 from eca_jax.models.tail import block_tail
-from eca_jax.nn.attention import make_attention
+from eca_jax.nn.attention import make_attention, resolve_attention
+from eca_jax.nn.rows import find_row
 from eca_jax.nn.checks import check_odd_kernel
 
 KSize = Union[None, int, str, Sequence[Optional[int]]]
@@ -60,6 +61,18 @@ def resolve_stage_k(k_size: KSize, num_stages: int) -> tuple[Optional[int], ...]
         if k is not None:
             check_odd_kernel(k)
     return k_size
+
+
+def attention_stage_k(attn: Optional[str], k_size: KSize, num_stages: int) -> tuple[Optional[int], ...]:
+    """Per-stage ECA k of a ResNet with attention ``attn`` (a row or layer name) and ``k_size``.
+
+    A k-sweep row (``ECA-k5``, ``ECA-adaptive``) overrides ``k_size``; ``ECA``/``ECA-NS`` take
+    ``k_size`` when set and the paper's k = 3 otherwise; other names: ``k_size`` (None: adaptive).
+    """
+    row = find_row(attn) if attn is not None else None
+    if row is not None and row.k is not None and (row.k_overrides_model or k_size is None):
+        k_size = row.k
+    return resolve_stage_k(k_size, num_stages)
 
 
 class ResidualBlock(nn.Module):
@@ -125,7 +138,8 @@ class ResNet(nn.Module):
         "conv3" (3x3/1, no pool: small 32x32 inputs).
       stem_width: width of the 7x7 / 3x3 stem (deep stems end at 2 * stem_width channels).
       avg_down: ResNet-D shortcut (avg pool + 1x1 conv) instead of a strided 1x1 conv.
-      attn: a name of :func:`eca_jax.nn.make_attention` or None.
+      attn: a row or layer name of :func:`eca_jax.nn.make_attention` (case-insensitive: "SE-GC2",
+        "ECA-k5", "vanilla" = none, "se_gc" ...) or None; k: :func:`attention_stage_k`.
       attn_scope: the Flax scope name of the attention module, which is also its PyTorch attribute
         ("eca" in the release, "se" in timm and SE-ResNets).
       k_size: ECA kernel sizes, per stage (list), for all stages (int) or "adaptive"/None.
@@ -176,7 +190,7 @@ class ResNet(nn.Module):
 
     def _stage_attn_kwargs(self, k: Optional[int]) -> dict:
         kwargs = dict(self.attn_kwargs or {})
-        if self.attn in ECA_LIKE:
+        if self.attn is not None and resolve_attention(self.attn)[0] in ECA_LIKE:
             kwargs["k_size"] = k
         return kwargs
 
@@ -184,7 +198,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         self._check_config()
         check_image_batch(x, self.in_chans, type(self).__name__)
-        stage_k = resolve_stage_k(self.k_size, len(self.layers))
+        stage_k = attention_stage_k(self.attn, self.k_size, len(self.layers))
         x = self._stem(x.astype(self.dtype), train)
         in_channels = self.stem_width * (2 if self.stem.startswith("deep") else 1)
         features = {}

@@ -1,7 +1,7 @@
 """Model summaries: exact parameter counts, attention parameters and MACs/FLOPs at a given input size.
 
 MACs count the multiply-accumulates of convolutions, dense layers and the attention gates' own
-products (ECA: C*k per image and layer), as the paper and the release's README do; FLOPs = 2 * MACs.
+products (ECA: C*k per image and layer, SE-Var2: C), as the paper and the release's README do; FLOPs = 2 * MACs.
 The release's README quotes base-1024 units (24.37M params = 25,557,112 / 1024**2; 3.86 G =
 MACs / 1024**3): both are reported. Shapes are traced with ``jax.eval_shape``; nothing is computed.
 """
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import traverse_util
 
-from eca_jax.nn.attention import ATTENTION_LAYERS, ECANS, SEGC
+from eca_jax.nn.attention import ATTENTION_LAYERS, ECANS, SEGC, SEVar2
 from eca_jax.nn.eca import ECA
 
 _ATTENTION_TYPES = tuple(cls for cls in ATTENTION_LAYERS.values() if isinstance(cls, type))
@@ -63,7 +63,9 @@ def _layer_macs(module: nn.Module, args: tuple, out: Any) -> int:
         taps = module.get_variable("params", "kernel").shape[-1]
         return x.shape[0] * x.shape[-1] * taps
     if isinstance(module, SEGC):
-        return x.shape[0] * x.shape[-1] ** 2 // module.groups
+        return x.shape[0] * x.shape[-1] ** 2 // module.groups_for(x.shape[-1])
+    if isinstance(module, SEVar2):   # one weight per channel: C products
+        return x.shape[0] * x.shape[-1]
     return 0
 
 

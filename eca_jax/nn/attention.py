@@ -10,13 +10,15 @@ se         FC(C->C//r) + ReLU + FC(C//r->C), biases     2*C*(C//r) + C//r + C
 se_var1    identity                                     0
 se_var2    y * w, one weight per channel                C
 se_var3    one full C x C FC (no bias)                  C*C
-se_gc      grouped C x C FC with G groups (no bias)     C*C/G
+se_gc      grouped C x C FC with G groups (no bias)     C*C/G  (G or C/G given)
 eca_ns     a separate k-tap kernel per channel (band)   C*k
 eca        one shared k-tap kernel (zero padding)       k
 ceca       one shared k-tap kernel (circular padding)   k
 =========  ==========================================  ==========================
 
-``make_attention("eca", k_size=3)`` builds a layer from its name, so an ablation swaps one string.
+``make_attention("eca", k_size=3)`` builds a layer from its name, so an ablation swaps one string;
+the paper's rows (``make_attention("SE-GC2")``, ``"ECA-k5"``, ``"vanilla"``) come with their
+settings (:mod:`eca_jax.nn.rows`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import flax.linen as nn
 from eca_jax.nn import checks
 from eca_jax.nn.eca import (ECA, CECA, _pad_channels, apply_gate, eca_kernel_size,
                             global_avg_pool, torch_default_conv1d_init)
+from eca_jax.nn.rows import find_row, row_key, row_names
 
 
 def torch_linear_init(fan_in: int) -> Callable:
@@ -108,20 +111,40 @@ class SEVar3(nn.Module):
 
 
 class SEGC(nn.Module):
-    """SE-GC: a grouped C x C FC (G groups, no bias); ``kernel`` is (G, C/G in, C/G out)."""
-    groups: int = 4
+    """SE-GC: a grouped C x C FC (no bias); ``kernel`` is (G, C/G in, C/G out).
+
+    The groups are a count (``groups=G``: SE-GC1 has 16) or a group size
+    (``channels_per_group=S``: G = C/S, SE-GC2 has 16, SE-GC3 has 8), resolved from C at call
+    time; neither given: 4 groups. G must divide C (else ValueError naming the layer and C).
+    """
+    groups: Optional[int] = None
+    channels_per_group: Optional[int] = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    def groups_for(self, channels: int) -> int:
+        """The number of groups G for ``channels`` input channels (checked to divide C)."""
+        where = f"SEGC at {'.'.join(self.scope.path) or '<top>'}" if self.scope is not None else "SEGC"
+        if self.groups is not None and self.channels_per_group is not None:
+            raise ValueError(f"{where}: give groups or channels_per_group, not both")
+        size = self.channels_per_group
+        if size is not None:
+            if size < 1 or channels % size:
+                raise ValueError(f"{where}: channels_per_group={size} must divide the channel count C={channels}")
+            return channels // size
+        groups = 4 if self.groups is None else self.groups
+        if groups < 1 or channels % groups:
+            raise ValueError(f"{where}: groups={groups} must divide the channel count C={channels}")
+        return groups
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         checks.check_feature_map(x, "SEGC")
         channels = x.shape[-1]
-        if self.groups < 1 or channels % self.groups:
-            raise ValueError(f"SEGC: groups={self.groups} must divide the channel count C={channels}")
-        size = channels // self.groups
-        kernel = self.param("kernel", torch_linear_init(size), (self.groups, size, size), self.param_dtype)
-        y = global_avg_pool(x).reshape(x.shape[0], self.groups, size)
+        groups = self.groups_for(channels)
+        size = channels // groups
+        kernel = self.param("kernel", torch_linear_init(size), (groups, size, size), self.param_dtype)
+        y = global_avg_pool(x).reshape(x.shape[0], groups, size)
         z = jnp.einsum("ngi,gio->ngo", y, kernel.astype(jnp.float32)).reshape(x.shape[0], channels)
         return apply_gate(x, z)
 
@@ -166,22 +189,45 @@ ATTENTION_LAYERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def make_attention(name: Optional[str], /, **kwargs: Any) -> Optional[nn.Module]:
-    """Builds a Table-2 attention layer by name (``None`` -> no attention, returns None).
+def layer_names() -> list[str]:
+    """Every name :func:`make_attention` takes: the rows (paper's spelling) and the layer names."""
+    return row_names() + [name for name in ATTENTION_LAYERS if find_row(name) is None]
 
-    Keyword arguments go to the layer: ``reduction`` (se), ``groups`` (se_gc), ``k_size``
-    (eca, ceca, eca_ns; None = adaptive), ``gamma``/``b``/``min_size`` (eca, ceca), ``name``,
-    ``dtype``, ``param_dtype``. An argument the layer does not take is an error.
+
+def make_attention(name: Optional[str], /, **kwargs: Any) -> Optional[nn.Module]:
+    """Builds an attention layer by row or layer name (``None`` or ``"vanilla"`` -> None).
+
+    ``name`` is case-insensitive (``-`` == ``_``): a row of :mod:`eca_jax.nn.rows` (``SE``,
+    ``SE-GC2``, ``ECA-NS``, ``ECA``, ``ECA-k5``, ``ECA-adaptive`` ...) brings the paper's settings
+    (r = 16, the group rules, k = 3), or a layer name without a row (``se_gc``, ``ceca``) its
+    layer's defaults. Keyword arguments go to the layer and win over a row's settings:
+    ``reduction`` (se), ``groups``/``channels_per_group`` (se_gc), ``k_size`` (eca, ceca, eca_ns;
+    None = adaptive), ``gamma``/``b``/``min_size`` (eca, ceca), ``name``, ``dtype``,
+    ``param_dtype``. An argument the layer does not take is an error.
     """
     if name is None:
         return None
-    key = name.lower().replace("-", "_")
-    if key not in ATTENTION_LAYERS:
-        close = difflib.get_close_matches(key, list(ATTENTION_LAYERS), n=3)
-        raise ValueError(f"Unknown attention {name!r}. Known: {sorted(ATTENTION_LAYERS)}"
-                         + (f"; did you mean {close}?" if close else ""))
+    layer, settings = resolve_attention(name)
+    if layer is None:
+        return None
     try:
-        return ATTENTION_LAYERS[key](**kwargs)
+        return ATTENTION_LAYERS[layer](**{**settings, **kwargs})
     except TypeError as e:
         raise TypeError(f"make_attention({name!r}): {e}") from None
 
+
+def resolve_attention(name: str) -> tuple[Optional[str], dict[str, Any]]:
+    """(layer name or None for vanilla, the row's settings) of a row or layer name.
+
+    ValueError listing the valid names (and the closest ones) for an unknown name.
+    """
+    row = find_row(name)
+    if row is not None:
+        return row.layer, dict(row.kwargs)
+    key = row_key(name)
+    if key in ATTENTION_LAYERS:
+        return key, {}
+    valid = layer_names()
+    close = difflib.get_close_matches(key, [row_key(n) for n in valid], n=3, cutoff=0.6)
+    raise ValueError(f"Unknown attention {name!r}. Valid (case-insensitive): {', '.join(valid)}"
+                     + (f"; did you mean {close}?" if close else ""))

@@ -1,0 +1,51 @@
+"""Inference throughput of a whole model on this machine: img/s of jitted forward passes.
+
+The variables are random with the model's shapes (``jax.eval_shape``, no init compile); speed does
+not depend on their values. The median of ``repeats`` timed passes after one warm-up pass.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+from flax import traverse_util
+
+
+def random_variables(model: nn.Module, size: int, in_chans: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Finite random variables shaped like ``model.init`` on a (1, size, size, in_chans) batch:
+    small normal kernels, BatchNorm variances 1, everything else 0."""
+    x = jax.ShapeDtypeStruct((1, size, size, in_chans), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, leaf in traverse_util.flatten_dict(shapes).items():
+        if path[-1] in ("var", "scale"):
+            value = np.ones(leaf.shape)
+        elif path[-1] in ("mean", "bias"):
+            value = np.zeros(leaf.shape)
+        else:
+            value = rng.normal(0.0, 0.05, leaf.shape)
+        out[path] = jnp.asarray(value, leaf.dtype)
+    return traverse_util.unflatten_dict(out)
+
+
+def images_per_sec(model: nn.Module, batch: int = 8, size: int = 224, repeats: int = 5,
+                   in_chans: int = 3) -> float:
+    """Median inference img/s of ``model`` on (batch, size, size, in_chans) float32 inputs."""
+    if batch < 1 or repeats < 1:
+        raise ValueError(f"images_per_sec: batch and repeats must be >= 1, got {batch}, {repeats}")
+    variables = random_variables(model, size, in_chans)
+    x = jax.random.normal(jax.random.key(1), (batch, size, size, in_chans), jnp.float32)
+    forward = jax.jit(lambda v, images: model.apply(v, images, train=False))
+    forward(variables, x).block_until_ready()          # compile + warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(variables, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
