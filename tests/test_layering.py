@@ -7,9 +7,10 @@ Layers (a module may import from lower layers and from its own package, nothing 
     2  nn                                 attention layers, fused BatchNorm
     3  models, data                       the zoo; input pipelines (independent of each other)
     4  checkpoints                        every checkpoint read; signatures; the shape check
-    5  evaluation                         eval step and the pass over a dataset
+    5  evaluation, nnx                    eval step and the pass over a dataset; native flax.nnx layers/models
     6  train, convert                     the trainer; PyTorch export and its command line
     7  evaluate, predict                  command lines
+    7  studies                            the paper's experiments: rows' cost, the study runner
 
 The static test reads every ``import`` statement, including those inside functions, so a deferred
 import cannot hide a cycle. The fresh-interpreter test shows what importing each layer loads.
@@ -27,7 +28,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "eca_jax"
 LAYERS = {"_paths": 0, "_lock": 0, "constants": 0, "perf": 0, "kernels": 1, "nn": 2, "models": 3, "data": 3,
-          "checkpoints": 4, "evaluation": 5, "train": 6, "convert": 6, "evaluate": 7, "predict": 7}
+          "checkpoints": 4, "evaluation": 5, "nnx": 5, "train": 6, "convert": 6, "evaluate": 7, "predict": 7,
+          "studies": 7}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 LONG_FUNCTION_MARK = "# Over 60 lines:"
@@ -93,7 +95,7 @@ __import__(name)
 print(json.dumps(sorted({m.split(".")[1] for m in sys.modules if m.startswith("eca_jax.")})))
 """
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    for part in ("nn", "models", "data", "checkpoints", "evaluation", "convert", "train"):
+    for part in ("nn", "models", "data", "checkpoints", "evaluation", "nnx", "convert", "train", "studies"):
         proc = subprocess.run([sys.executable, "-c", script, f"eca_jax.{part}"], capture_output=True, text=True,
                               env=env, timeout=180, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-2000:]
