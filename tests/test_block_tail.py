@@ -40,9 +40,9 @@ SLOW_MODELS = {
     "eca_resnet18": ("eca_resnet18", {}, 64),
     "ecaresnet26t": ("ecaresnet26t", {}, 64),          # timm: deep stem, avg-pool shortcut, scope "se"
     "eca_mobilenet_v2": ("eca_mobilenet_v2", {}, 64),
-    "resnet18": ("resnet18", {}, 64),
-    "se_resnet50": ("se_resnet50", {}, 64),
 }
+# resnet18 and se_resnet50 (2.5 min) passed too; left out of CI for the suite's time budget: their
+# tails (none; SE) are the resnet8_cifar and se_resnet8_cifar cases above.
 
 
 def _models(key: str) -> tuple[nn.Module, nn.Module]:
