@@ -19,10 +19,9 @@ Both create the same variables (BatchNorm ``scale``/``bias``/``mean``/``var``; E
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
-import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions
 from eca_jax.nn.eca import ECA
@@ -40,14 +39,17 @@ def activation(y: jax.Array, act: Optional[str]) -> jax.Array:
     raise ValueError(f"block_tail: act must be 'relu', 'relu6' or None, got {act!r}")
 
 
-def fuses(attention: Optional[nn.Module], impl: ImplOptions = ImplOptions()) -> bool:
-    """Whether :func:`block_tail` runs as one fused op for this attention and these switches."""
-    return impl.fused_block_tail and (attention is None or isinstance(attention, ECA))
+def fuses(attention: Optional[Any], impl: ImplOptions = ImplOptions(), eca_types: tuple = (ECA,)) -> bool:
+    """Whether :func:`block_tail` runs as one fused op for this attention and these switches.
+
+    ``eca_types``: the classes whose gate the fused op can apply (linen's ECA/CECA; ``eca_jax.nnx``
+    passes its own)."""
+    return impl.fused_block_tail and (attention is None or isinstance(attention, eca_types))
 
 
-def block_tail(norm: BatchNormAct, attention: Optional[nn.Module], z: jax.Array,
+def block_tail(norm: BatchNormAct, attention: Optional[Any], z: jax.Array,
                shortcut: Optional[jax.Array], act: Optional[str] = "relu",
-               impl: ImplOptions = ImplOptions()) -> jax.Array:
+               impl: ImplOptions = ImplOptions(), eca_types: tuple = (ECA,)) -> jax.Array:
     """``act(attention(norm(z)) + shortcut)``: the end of a residual block (see the module docstring).
 
     Args:
@@ -55,10 +57,11 @@ def block_tail(norm: BatchNormAct, attention: Optional[nn.Module], z: jax.Array,
       attention: an attention module (:func:`eca_jax.nn.make_attention`) or None.
       z: (N, H, W, C), the branch's last conv output. shortcut: None or an array shaped like ``z``.
       act: "relu", "relu6" or None. impl: ``impl.fused_block_tail`` picks the implementation.
+      eca_types: see :func:`fuses` (the same function serves ``eca_jax.nnx``'s blocks).
     """
     if shortcut is not None and shortcut.shape != z.shape:
         raise ValueError(f"block_tail: shortcut shape {tuple(shortcut.shape)} != branch shape {tuple(z.shape)}")
-    if fuses(attention, impl):
+    if fuses(attention, impl, eca_types):
         if attention is None:
             return norm(z, residual=shortcut, act=act)
         # ECA.kernel creates the same <attn>/conv/kernel parameter as ECA.__call__ would.

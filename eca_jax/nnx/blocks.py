@@ -22,7 +22,7 @@ from flax import nnx
 from eca_jax.kernels import ImplOptions
 from eca_jax.models.layers import BN_EPSILON, BN_MOMENTUM, avg_pool_2x2_ceil, conv_fan_out_init
 from eca_jax.models.resnet import EXPANSION
-from eca_jax.models.tail import activation
+from eca_jax.models.tail import block_tail as shared_block_tail
 from eca_jax.nn.attention import torch_linear_init
 from eca_jax.nnx.attention import ECA, make_attention
 from eca_jax.nnx.norm import BatchNormAct
@@ -69,20 +69,9 @@ def classifier(in_features: int, num_classes: int, *, param_dtype: Any = jnp.flo
 
 def block_tail(norm: BatchNormAct, attention: Optional[nnx.Module], z: jax.Array, shortcut: Optional[jax.Array],
                act: Optional[str] = "relu", impl: ImplOptions = ImplOptions()) -> jax.Array:
-    """``act(attention(norm(z)) + shortcut)`` in the paper's order, as :func:`eca_jax.models.tail.block_tail`:
-    one fused BatchNorm call for no attention / ECA / CECA (``impl.fused_block_tail``), else layer by layer."""
-    if shortcut is not None and shortcut.shape != z.shape:
-        raise ValueError(f"block_tail: shortcut shape {tuple(shortcut.shape)} != branch shape {tuple(z.shape)}")
-    if impl.fused_block_tail and (attention is None or isinstance(attention, ECA)):
-        if attention is None:
-            return norm(z, residual=shortcut, act=act)
-        return norm(z, residual=shortcut, eca_kernel=attention.kernel, act=act, eca_padding=attention.padding)
-    y = norm(z)
-    if attention is not None:
-        y = attention(y)
-    if shortcut is not None:
-        y = y + shortcut
-    return activation(y, act)
+    """``act(attention(norm(z)) + shortcut)`` in the paper's order: :func:`eca_jax.models.tail.block_tail`
+    itself, with this package's ECA/CECA as the gates the fused BatchNorm applies."""
+    return shared_block_tail(norm, attention, z, shortcut, act, impl, eca_types=(ECA,))
 
 
 class ResidualBlock(nnx.Module):
