@@ -194,11 +194,12 @@ def test_fast_models_equal_linen(name):
 
 # Numerical parity in CI for models covering every code path of the twins: basic and bottleneck
 # blocks; the 7x7, 3x3 (CIFAR) and deep (tiered) stems; strided-conv and ResNet-D shortcuts; ECA
-# with per-stage and adaptive (timm) k; SE; no attention (FAST_MODELS); both MobileNetV2 layouts. The deeper registered models
+# with per-stage and adaptive (timm) k; no attention (FAST_MODELS); MobileNetV2. SE and the other
+# Table-2 layers are compared one by one above. The deeper registered models
 # (34/101/152/269 layers) repeat the same blocks; all 21 were measured equal (0.0) with
 # ECA_JAX_NNX_ALL_MODELS=1, which takes ~30 min on 2 cores, over the suite's budget. Every model's
 # paths and shapes are checked in test_every_registered_model_has_a_native_twin.
-PARITY_MODELS = ["eca_resnet18", "se_resnet50", "ecaresnet26t", "ecaresnetlight", "eca_mobilenet_v2", "mobilenet_v2"]
+PARITY_MODELS = ["eca_resnet18", "ecaresnet26t", "eca_mobilenet_v2"]
 ALL_MODELS = os.environ.get("ECA_JAX_NNX_ALL_MODELS") == "1"
 
 
