@@ -39,10 +39,13 @@ SLOW_MODELS = {
     "resnet8_cifar": ("resnet8_cifar", {}, 32),
     "eca_resnet18": ("eca_resnet18", {}, 64),
     "ecaresnet26t": ("ecaresnet26t", {}, 64),          # timm: deep stem, avg-pool shortcut, scope "se"
+    "eca_mobilenet_v2": ("eca_mobilenet_v2", {}, 64),
 }
-# resnet18, se_resnet50 (2.5 min) and eca_mobilenet_v2 (86 s) passed too; left out of CI for the
-# suite's time budget: their tails (none; SE; ECA + residual without activation) are the
-# resnet8_cifar and se_resnet8_cifar cases above and test_block_tail_relu6_circular below.
+# resnet18, se_resnet50 (2.5 min) and eca_mobilenet_v2 (86 s) passed too; left out of the
+# whole-model comparison in CI for the suite's time budget: their tails (none; SE; ECA + residual
+# without activation) are the resnet8_cifar and se_resnet8_cifar cases and
+# test_block_tail_relu6_circular below.
+NOT_COMPARED_IN_CI = {"eca_mobilenet_v2"}
 
 
 def _models(key: str) -> tuple[nn.Module, nn.Module]:
@@ -126,7 +129,7 @@ def test_fused_and_plain_tail_agree(key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(SLOW_MODELS))
+@pytest.mark.parametrize("key", sorted(set(SLOW_MODELS) - NOT_COMPARED_IN_CI))
 def test_fused_and_plain_tail_agree_slow(key):
     _check_model(key)
 
