@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.checkpoints.errors import CheckpointMismatchError
-from eca_jax.checkpoints.shapes import leaf_shapes
 from eca_jax.models import ModelCfg, create_model, get_model_cfg
 
 SIGNATURE_KEYS = ("model", "num_classes", "model_kwargs")
@@ -109,11 +108,3 @@ def check_signature(found: Mapping[str, Any], expected: Mapping[str, Any], where
         raise CheckpointMismatchError(
             f"{where} holds checkpoints of {describe(found)}, but the config asks for "
             f"{describe(expected)} (differs in {', '.join(diff)}).{hint}")
-
-
-def head_paths(signature: ModelSignature) -> set[str]:
-    """Variable paths ("params/fc/kernel", ...) whose shape depends on num_classes: the classifier."""
-    a = leaf_shapes(abstract_variables(signature.build(), 32))
-    b = leaf_shapes(abstract_variables(dataclasses.replace(signature, num_classes=signature.num_classes + 1).build(), 32))
-    return {k for k in a if a[k] != b[k]}
-
