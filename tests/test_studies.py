@@ -31,9 +31,12 @@ SUM_C_R50 = 15_104
 # ---------------------------------------------------------------- names
 def test_every_paper_name_is_a_row():
     assert ALL_ROWS == ["vanilla", "SE", "SE-Var1", "SE-Var2", "SE-Var3", "SE-GC1", "SE-GC2", "SE-GC3",
-                        "ECA-NS", "ECA", "ECA-k3", "ECA-k5", "ECA-k7", "ECA-k9", "ECA-adaptive"]
+                        "ECA-NS", "ECA", "ECA-k3", "ECA-k5", "ECA-k7", "ECA-k9", "ECA-adaptive",
+                        "CBAM", "GC", "SE-r8"]
     assert plan.study_rows("table2") == ALL_ROWS[:10]
-    assert plan.study_rows("ksweep") == ALL_ROWS[10:] + ["SE"]
+    assert plan.study_rows("ksweep") == ALL_ROWS[10:15] + ["SE"]
+    assert plan.study_rows("table3") == ["vanilla", "SE", "CBAM", "GC", "ECA"]
+    assert plan.study_rows("mobilenetv2") == ["vanilla", "SE-r8", "ECA"]
     assert plan.study_rows("rows=se,Eca-K5,SE") == ["SE", "ECA-k5"]
 
 
@@ -61,8 +64,8 @@ def test_unknown_names_list_the_valid_ones():
         enn.make_attention("SE-GC4")
     with pytest.raises(ValueError, match=r"Rows: vanilla, SE, .*ECA-adaptive"):
         plan.study_rows("rows=ECA-k4")
-    with pytest.raises(ValueError, match="table2, ksweep"):
-        plan.study_rows("table3")
+    with pytest.raises(ValueError, match="table2, ksweep, table3, mobilenetv2 or rows="):
+        plan.study_rows("table4")
 
 
 def test_row_from_the_training_config():
@@ -83,14 +86,30 @@ def test_groups_not_dividing_c_name_the_layer_and_c():
         enn.SEGC(groups=2, channels_per_group=4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 8)))
 
 
-def test_a_row_on_a_model_without_an_attention_slot_is_an_error():
-    model = create_model("mobilenet_v2", attn="SE")
-    with pytest.raises(ValueError, match="MobileNetV2 supports"):
+# MobileNetV2's 17 blocks (torchvision widths): sum of C and of C * (C // 8) + C // 8 over them.
+MBV2_C = (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320)
+
+
+@pytest.mark.parametrize("row,expected", [
+    ("SE-r8", sum(2 * c * (c // 8) + c // 8 + c for c in MBV2_C)),   # 58,620 (paper: 3.40M - 3.34M)
+    ("ECA", 10 * 1 + 7 * 3),                                          # the release's rule, any spelling
+    ("ECA-k5", 17 * 5), ("CBAM", None), ("vanilla", 0)])
+def test_mobilenet_v2_takes_every_row_in_the_release_eca_slot(row, expected):
+    """Table 3's MobileNetV2 study: SE (r = 8) sits where the release puts ECA, before the residual."""
+    model = cost.build("mobilenet_v2", row)
+    measured = summarize(model, 224).attention_params
+    assert measured == cost.formula_params(model)
+    if expected is not None:
+        assert measured == expected
+    if row == "SE-r8":
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
+        assert shapes["features.2"]["conv.4"]["fc.0"]["kernel"].shape == (24, 3)
+
+
+def test_an_unknown_row_in_a_model_names_the_rows():
+    model = create_model("mobilenet_v2", attn="SE-r4")
+    with pytest.raises(ValueError, match="Unknown attention 'SE-r4'"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    with pytest.raises(ValueError, match="no attention slot"):
-        cost.build("mobilenet_v2", "ECA")
-    with pytest.raises(ValueError, match="no attention slot"):
-        run.run_study(make_config(model="mobilenet_v2", total_steps=1), ["ECA"], [0], "/nonexistent/x")
 
 
 # ---------------------------------------------------------------- cost

@@ -24,16 +24,20 @@ torchvision: channels rounded with make_divisible(., 8), Dropout(0.2), no attent
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions
-from eca_jax.models.layers import batch_norm, check_image_batch, classifier, conv2d, global_pool
+from eca_jax.models.layers import Dropout, batch_norm, check_image_batch, classifier, conv2d, global_pool
 from eca_jax.models.tail import block_tail
-from eca_jax.nn.eca import ECA, eca_kernel_size
+from eca_jax.nn.attention import make_attention, resolve_attention
+from eca_jax.nn.eca import eca_kernel_size
+from eca_jax.nn.rows import find_row
+
+ECA_LAYERS = ("eca", "ceca")
 
 # (expand ratio t, output channels c, repeats n, first stride s)
 INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -55,10 +59,12 @@ def release_k(unscaled_channels: int) -> int:
 
 
 class InvertedResidual(nn.Module):
-    """Expand (1x1, unless t == 1) -> depthwise 3x3 -> project (1x1) -> BN [-> ECA] [+ x].
+    """Expand (1x1, unless t == 1) -> depthwise 3x3 -> project (1x1) -> BN [-> attention] [+ x].
 
     Keys: t != 1: conv.0 (pw ConvBNReLU6), conv.1 (dw ConvBNReLU6), conv.2 (pw-linear), conv.3 (BN),
     conv.4 (ECA); t == 1: conv.0 (dw), conv.1 (pw-linear), conv.2 (BN), conv.3 (ECA).
+    ``attn``/``attn_kwargs``: the attention layer (:func:`eca_jax.nn.make_attention`; the release:
+    "eca" with its k) in the same slot, e.g. SE with r = 8 for the paper's Table 3.
     The tail (BN, ECA, + x) is :func:`eca_jax.models.tail.block_tail` with no activation.
     ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
     """
@@ -66,7 +72,8 @@ class InvertedResidual(nn.Module):
     hidden: int
     stride: int
     expand: bool
-    eca_k: Optional[int] = None
+    attn: Optional[str] = None
+    attn_kwargs: Mapping[str, Any] = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
@@ -82,8 +89,8 @@ class InvertedResidual(nn.Module):
         y = norm(name=f"conv.{index}.1")(
             conv(self.hidden, 3, self.stride, groups=self.hidden, name=f"conv.{index}.0")(y), act="relu6")
         z = conv(self.out_channels, 1, name=f"conv.{index + 1}")(y)
-        attention = None if self.eca_k is None else \
-            ECA(self.eca_k, name=f"conv.{index + 3}", param_dtype=self.param_dtype)
+        attention = make_attention(self.attn, name=f"conv.{index + 3}", param_dtype=self.param_dtype, train=train,
+                                   **(self.attn_kwargs or {}))   # None when self.attn is None
         shortcut = x if self.stride == 1 and x.shape[-1] == self.out_channels else None
         # The paper's order: projection BN -> ECA -> + x (no activation after the projection).
         return block_tail(norm(name=f"conv.{index + 2}"), attention, z, shortcut, act=None, impl=self.impl)
@@ -94,8 +101,10 @@ class MobileNetV2(nn.Module):
 
     Attributes:
       layout: "release" (ECA release's channel rules, Dropout 0.25) or "torchvision".
-      attn: "eca" or None. k_size: None = the release's rule, an odd int for every block, or
-        "adaptive" (Eq. 12 on each block's output channels).
+      attn: None, "eca" (the release; any spelling), or another row or layer name of
+        :func:`eca_jax.nn.make_attention` in the same slot (Table 3: "SE-r8"). k_size (ECA):
+        None = the release's rule, an odd int for every block, or "adaptive" (Eq. 12 on each
+        block's output channels); a k-sweep row ("ECA-k5") brings its own k.
       impl: implementation switches (:class:`eca_jax.kernels.ImplOptions`; same parameters and
         results, only the speed differs).
     Call: ``apply(variables, x, train=False, return_features=False)``; in training, Dropout needs
@@ -115,11 +124,21 @@ class MobileNetV2(nn.Module):
     def _channels(self, c: float) -> int:
         return int(c * self.width_mult) if self.layout == "release" else make_divisible(c * self.width_mult)
 
+    def _block_attention(self, unscaled: int, out_channels: int) -> tuple[Optional[str], dict]:
+        """(layer name or None, its settings) of one block's attention; ECA's with the block's k."""
+        layer, settings = resolve_attention(self.attn) if self.attn is not None else (None, {})
+        if layer in ECA_LAYERS:
+            return layer, {**settings, "k_size": self._block_k(unscaled, out_channels)}
+        return layer, settings
+
     def _block_k(self, unscaled: int, out_channels: int) -> Optional[int]:
-        if self.attn is None:
+        """One block's ECA k (None without an ECA): a sweep row's own k, else the model's rule."""
+        layer = resolve_attention(self.attn)[0] if self.attn is not None else None
+        if layer not in ECA_LAYERS:
             return None
-        if self.attn != "eca":
-            raise ValueError(f"MobileNetV2 supports attn='eca' or None, got {self.attn!r}")
+        row = find_row(self.attn)
+        if row is not None and row.k_overrides_model:
+            return eca_kernel_size(out_channels) if row.k == "adaptive" else int(row.k)
         if self.k_size is None:
             return release_k(unscaled)
         if self.k_size == "adaptive":
@@ -139,8 +158,9 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
             out_channels = self._channels(c)
             for repeat in range(n):
+                attn, attn_kwargs = self._block_attention(c, out_channels)
                 x = InvertedResidual(out_channels, int(round(in_channels * t)), s if repeat == 0 else 1,
-                                     expand=t != 1, eca_k=self._block_k(c, out_channels), dtype=self.dtype,
+                                     expand=t != 1, attn=attn, attn_kwargs=attn_kwargs, dtype=self.dtype,
                                      param_dtype=self.param_dtype, impl=self.impl,
                                      name=f"features.{index}")(x, train)
                 if index in FEATURE_INDICES:
@@ -153,7 +173,7 @@ class MobileNetV2(nn.Module):
         if return_features:
             return features
         rate = self.dropout if self.dropout is not None else (0.25 if self.layout == "release" else 0.2)
-        y = nn.Dropout(rate, deterministic=not train)(global_pool(x).astype(jnp.float32))
+        y = Dropout(rate, deterministic=not train)(global_pool(x).astype(jnp.float32))
         # Both layouts initialise the classifier N(0, 0.01) with zero bias.
         return classifier(self.num_classes, last, name="classifier.1", param_dtype=self.param_dtype,
                           kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(y)

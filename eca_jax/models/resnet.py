@@ -121,7 +121,7 @@ class ResidualBlock(nn.Module):
             y = norm(name="bn1")(conv(self.planes, 3, self.stride, name="conv1")(x), act="relu")
             z, last_bn = conv(out_channels, 3, name="conv2")(y), "bn2"
         attention = make_attention(self.attn, name=self.attn_scope, dtype=self.dtype, param_dtype=self.param_dtype,
-                                   **(self.attn_kwargs or {}))   # None when self.attn is None
+                                   train=train, **(self.attn_kwargs or {}))   # None when self.attn is None
         # The paper's order: last BN -> attention -> + shortcut -> ReLU.
         return block_tail(norm(name=last_bn, zero_init=self.zero_init_last_bn), attention, z, shortcut,
                           act="relu", impl=self.impl)

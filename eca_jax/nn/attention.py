@@ -16,6 +16,10 @@ eca        one shared k-tap kernel (zero padding)       k
 ceca       one shared k-tap kernel (circular padding)   k
 =========  ==========================================  ==========================
 
+Table 3's other attentions, as timm builds them (:mod:`eca_jax.nn.context`): ``cbam`` (channel
+and spatial gates, avg + max pooling) and ``gc`` (the GC block: attention pooling, LayerNorm
+bottleneck).
+
 ``make_attention("eca", k_size=3)`` builds a layer from its name, so an ablation swaps one string;
 the paper's rows (``make_attention("SE-GC2")``, ``"ECA-k5"``, ``"vanilla"``) come with their
 settings (:mod:`eca_jax.nn.rows`).
@@ -23,7 +27,6 @@ settings (:mod:`eca_jax.nn.rows`).
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -31,18 +34,10 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.nn import checks
+from eca_jax.nn.context import CBAM, GlobalContext
 from eca_jax.nn.eca import (ECA, CECA, _pad_channels, apply_gate, eca_kernel_size,
-                            global_avg_pool, torch_default_conv1d_init)
+                            global_avg_pool, torch_default_conv1d_init, torch_linear_init)
 from eca_jax.nn.rows import find_row, row_key, row_names
-
-
-def torch_linear_init(fan_in: int) -> Callable:
-    """PyTorch's default nn.Linear init for weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
 
 
 def _dense(features: int, fan_in: int, use_bias: bool, param_dtype: Any, name: str) -> nn.Dense:
@@ -186,7 +181,10 @@ ATTENTION_LAYERS: dict[str, Callable[..., nn.Module]] = {
     "eca_ns": ECANS,
     "eca": ECA,
     "ceca": CECA,
+    "cbam": CBAM,
+    "gc": GlobalContext,
 }
+BATCH_STAT_LAYERS = ("cbam",)   # layers with BatchNorm statistics (they take use_running_average)
 
 
 def layer_names() -> list[str]:
@@ -194,7 +192,7 @@ def layer_names() -> list[str]:
     return row_names() + [name for name in ATTENTION_LAYERS if find_row(name) is None]
 
 
-def make_attention(name: Optional[str], /, **kwargs: Any) -> Optional[nn.Module]:
+def make_attention(name: Optional[str], /, train: Optional[bool] = None, **kwargs: Any) -> Optional[nn.Module]:
     """Builds an attention layer by row or layer name (``None`` or ``"vanilla"`` -> None).
 
     ``name`` is case-insensitive (``-`` == ``_``): a row of :mod:`eca_jax.nn.rows` (``SE``,
@@ -203,13 +201,16 @@ def make_attention(name: Optional[str], /, **kwargs: Any) -> Optional[nn.Module]
     layer's defaults. Keyword arguments go to the layer and win over a row's settings:
     ``reduction`` (se), ``groups``/``channels_per_group`` (se_gc), ``k_size`` (eca, ceca, eca_ns;
     None = adaptive), ``gamma``/``b``/``min_size`` (eca, ceca), ``name``, ``dtype``,
-    ``param_dtype``. An argument the layer does not take is an error.
+    ``param_dtype``. An argument the layer does not take is an error. ``train`` reaches only the
+    layers with batch statistics (CBAM's spatial BatchNorm: ``use_running_average = not train``).
     """
     if name is None:
         return None
     layer, settings = resolve_attention(name)
     if layer is None:
         return None
+    if train is not None and layer in BATCH_STAT_LAYERS:
+        kwargs = {"use_running_average": not train, **kwargs}
     try:
         return ATTENTION_LAYERS[layer](**{**settings, **kwargs})
     except TypeError as e:

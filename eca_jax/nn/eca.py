@@ -12,7 +12,7 @@ with the release's semantics: cross-correlation (no kernel flip), no bias, zero 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +79,15 @@ def eca_gate(x: jax.Array, kernel: jax.Array, padding: str = "zero") -> jax.Arra
     checks.check_feature_map(x, "eca_gate")
     pooled = global_avg_pool(x)                     # float32 (or wider)
     return apply_gate(x, channel_conv1d(pooled, kernel.astype(pooled.dtype), padding))
+
+
+def torch_linear_init(fan_in: int) -> Callable:
+    """PyTorch's default nn.Linear init for weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
 
 
 def torch_default_conv1d_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:

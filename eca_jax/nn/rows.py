@@ -18,6 +18,9 @@ ECA-NS          eca_ns      k = 3                                k * C
 ECA             eca         k = 3                                k
 ECA-k3 .. k9    eca         k = 3, 5, 7, 9 (Figure 4)            k
 ECA-adaptive    eca         k of Eq. 12 from C (Figure 4)        k(C)
+CBAM            cbam        r = 16, 7x7 spatial conv (Table 3)   2*C*R + 2*7*7 + 2, R = round(C/16)
+GC              gc          r = 8, scale fusion (Table 3)        2*C*R + 2*C + 3*R + 1, R = round(C/8)
+SE-r8           se          reduction r = 8 (Table 3, MBv2)      2*C*(C//8) + C//8 + C
 ==============  ==========  ===================================  ================================
 
 The paper writes SE's count as 2C^2/r; its two FC layers also have biases (C/r + C), which the
@@ -35,6 +38,7 @@ import dataclasses
 import difflib
 from typing import Any, Callable, Mapping, Optional, Union
 
+from eca_jax.nn.context import hidden_channels
 from eca_jax.nn.eca import eca_kernel_size
 
 KRule = Union[None, int, str]   # None: not an ECA row; an odd int; "adaptive" (Eq. 12)
@@ -85,6 +89,19 @@ _PARAMS: dict[str, Callable[[int, Optional[int], Mapping[str, Any]], int]] = {
 }
 
 
+def _cbam_params(c: int, _k: Optional[int], kw: Mapping[str, Any]) -> int:
+    hidden, k = hidden_channels(c, 1 / kw["reduction"]), kw["spatial_kernel_size"]
+    return 2 * c * hidden + 2 * k * k + 2
+
+
+def _gc_params(c: int, _k: Optional[int], kw: Mapping[str, Any]) -> int:
+    hidden = hidden_channels(c, 1 / kw["reduction"])
+    return 2 * c * hidden + 2 * c + 3 * hidden + 1
+
+
+_PARAMS.update(cbam=_cbam_params, gc=_gc_params)
+
+
 def _eca(name: str, k: KRule, overrides: bool) -> Row:
     what = "k of Eq. 12 from C" if k == "adaptive" else f"k = {k}"
     return Row(name, "eca", {} if k == "adaptive" else {"k_size": k}, f"sigmoid(C1D_k(y)), {what}",
@@ -104,9 +121,21 @@ TABLE2: tuple[Row, ...] = (
     Row("ECA-NS", "eca_ns", {"k_size": 3}, "band matrix (Eq. 7), k = 3", "kC", k=3),
     _eca("ECA", 3, False),
 )
+# Table 3's comparison set: ResNet-50 with SE, CBAM, the GC block and ECA (timm's CBAM and GC
+# modules), and MobileNetV2 with SE (r = 8, before the residual) against ECA.
+TABLE3: tuple[Row, ...] = (
+    Row("CBAM", "cbam", {"reduction": 16, "spatial_kernel_size": 7},
+        "channel: sigmoid(MLP(avg y) + MLP(max y)), r = 16; spatial: sigmoid(BN(conv7x7([mean_c, max_c])))",
+        "2CR + 2*7*7 + 2, R = round(C/16)"),
+    Row("GC", "gc", {"reduction": 8, "fuse": "scale"},
+        "sigmoid(W2 ReLU(LN(W1 sum_hw softmax(w x) x))), r = 8 (timm's gc)",
+        "2CR + 2C + 3R + 1, R = round(C/8)"),
+    Row("SE-r8", "se", {"reduction": 8}, "sigmoid(W2 ReLU(W1 y)), r = 8 (MobileNetV2, Table 3)",
+        "2C(C/8) + C/8 + C"),
+)
 KSWEEP: tuple[Row, ...] = tuple(_eca(f"ECA-k{k}", k, True) for k in (3, 5, 7, 9)) \
     + (_eca("ECA-adaptive", "adaptive", True),)
-ROWS: dict[str, Row] = {row.name: row for row in TABLE2 + KSWEEP}
+ROWS: dict[str, Row] = {row.name: row for row in TABLE2 + KSWEEP + TABLE3}
 
 
 def row_key(name: str) -> str:

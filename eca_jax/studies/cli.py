@@ -12,11 +12,14 @@ from eca_jax.train.config import check_config_file, check_override_flags, config
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Base training config, e.g. experiments/configs/digits.py (its model: a ResNet).",
     lock_config=True)
-_STUDY = flags.DEFINE_string("study", "table2", "table2 | ksweep | rows=NAME,NAME,... (eca_jax.nn.rows)")
+_STUDY = flags.DEFINE_string("study", "table2", "table2 | ksweep | table3 | mobilenetv2 | rows=NAME,NAME,... (eca_jax.nn.rows)")
 _SEEDS = flags.DEFINE_string("seeds", "0", "Seeds, comma-separated: one run per row x seed.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory: <workdir>/<row>/seed<seed>, results.*")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only read the runs' workdirs (no training) into the table.")
 _COMMANDS = flags.DEFINE_bool("print_commands", False, "Print one trainer command per run and exit.")
+_CACHE = flags.DEFINE_string("compilation_cache", "<workdir>/.jax_cache",
+                             "JAX's persistent compilation cache for the study's runs ('' = off): the seeds "
+                             "of one row compile the same programs, so only the first seed compiles.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,6 +39,7 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    _use_compilation_cache(_CACHE.value.replace("<workdir>", _WORKDIR.value))
     try:
         rows, seeds = plan.study_rows(_STUDY.value), plan.parse_seeds(_SEEDS.value)
         if _COMMANDS.value:
@@ -46,6 +50,16 @@ def _main(argv: list[str]) -> None:
                       study=_STUDY.value)
     except (KeyError, ValueError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
+
+
+def _use_compilation_cache(path: str) -> None:
+    """JAX's own persistent cache (``jax_compilation_cache_dir``) at ``path``, unless the user set
+    one (``JAX_COMPILATION_CACHE_DIR``) or ``path`` is empty."""
+    import jax  # noqa: PLC0415 (the flags above load without jax)
+    if not path or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def run(argv: Optional[list[str]] = None) -> None:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import ml_collections
 
-from eca_jax.models import ResNet
+from eca_jax.models import MobileNetV2, ResNet
 from eca_jax.models.registry import create_model
 from eca_jax.nn.rows import KSWEEP, TABLE2, get_row
 from eca_jax.train.config import to_steps
@@ -21,6 +21,8 @@ from eca_jax.train.config import to_steps
 STUDIES: dict[str, tuple[str, ...]] = {
     "table2": tuple(row.name for row in TABLE2),
     "ksweep": tuple(row.name for row in KSWEEP) + ("SE",),   # Figure 4: every k, and SE as baseline
+    "table3": ("vanilla", "SE", "CBAM", "GC", "ECA"),          # Table 3 on a ResNet: timm's CBAM and GC
+    "mobilenetv2": ("vanilla", "SE-r8", "ECA"),                # Table 3 on MobileNetV2: SE r = 8 vs ECA
 }
 RESULT_NAME = "study_result.json"
 # Train-split sizes of the datasets the configs name, so --collect needs no data on this machine.
@@ -74,12 +76,14 @@ def run_config(base: ml_collections.ConfigDict, row: str, seed: int) -> ml_colle
 
 
 def check_attention_slot(config: ml_collections.ConfigDict) -> None:
-    """ValueError unless ``config.model`` is a ResNet (the models whose ``attn`` takes every row)."""
+    """ValueError unless ``config.model`` has an attention slot that takes every row (a ResNet or a
+    MobileNetV2)."""
     kwargs = {k: v for k, v in config.model_kwargs.to_dict().items() if k != "attn"}
     model = create_model(config.model, **kwargs)
-    if not isinstance(model, ResNet):
+    if not isinstance(model, (ResNet, MobileNetV2)):
         raise ValueError(f"config.model={config.model!r} ({type(model).__name__}) has no attention slot "
-                         "for the paper's rows; studies need a ResNet (e.g. resnet50, eca_resnet8_cifar).")
+                         "for the paper's rows; studies need a ResNet (e.g. resnet50, eca_resnet8_cifar) "
+                         "or a MobileNetV2.")
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train: Optional[int] = None) -> int:

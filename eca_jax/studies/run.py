@@ -1,6 +1,6 @@
 """The study runner: every row x seed as one ordinary run of the trainer, then one table.
 
-    python -m eca_jax.studies.run --study table2|ksweep|rows=SE,ECA \\
+    python -m eca_jax.studies.run --study table2|ksweep|table3|mobilenetv2|rows=SE,ECA \\
         --config experiments/configs/digits.py --seeds 0,1,2 --workdir studies/table2 [--config.k=v]
     ... --collect           # only read finished workdirs (e.g. trained on a pod) into the table
     ... --print_commands    # print one trainer command per row x seed (to run them elsewhere)
