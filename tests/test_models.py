@@ -99,7 +99,13 @@ def _random_variables(model, seed=0):
     return traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in out.items()})
 
 
-@pytest.mark.parametrize("name", sorted(EXACT))
+# The deeper twins (101, 152, 269 layers) have the blocks, stems and downsampling of their
+# 50-layer twin; only the block counts differ, which their exact parameter counts check. They took
+# 41-87 s each here (AMD EPYC, 2 cores), so this shape check covers each family once per stem.
+DEEP_TWINS = {"eca_resnet101", "eca_resnet152", "resnet101", "resnet152", "ecaresnet101d", "ecaresnet269d"}
+
+
+@pytest.mark.parametrize("name", sorted(set(EXACT) - DEEP_TWINS))
 def test_every_model_jits_at_224_and_193_in_fp32_and_bf16(name):
     variables = _random_variables(create_model(name))
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
