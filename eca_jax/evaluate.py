@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: ``python -m eca_jax.evaluate --workdir DIR [--best | --step N]``,
 ``--checkpoint DIR/checkpoints/STEP``, ``--checkpoint CONVERTED_DIR`` (``eca_jax.convert``'s
-output) or ``--checkpoint FILE.pth.tar|.safetensors`` (PyTorch weights, converted in memory); the
+output) or ``--checkpoint FILE.pth.tar|.safetensors`` (PyTorch weights, converted in memory) or
+``--checkpoint pretrained://NAME[.TAG]`` (published weights, :mod:`eca_jax.pretrained`); the
 last two are evaluated on imagenet2012 unless ``--dataset`` says otherwise. Reading goes through
 :func:`eca_jax.checkpoints.load`.
 
@@ -67,7 +68,9 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
 
     if data_module is None:
         from eca_jax import data as data_module  # noqa: PLC0415
-    loaded = load(path, best=best, step=step)
+    from eca_jax import pretrained  # noqa: PLC0415
+    # A pretrained spec brings the input settings of its weights (signature.input_settings).
+    loaded = pretrained.load_spec(path) if pretrained.is_spec(path) else load(path, best=best, step=step)
     config = make_config(**_config_keys(loaded.signature, overrides or {}))
     mesh = sharding.make_mesh(-1, 1)
     batch = config.eval_batch_size or config.batch_size

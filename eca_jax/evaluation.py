@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eca_jax.kernels.sharding import gathered
+
 Batch = dict[str, jax.Array]
 
 
@@ -41,7 +43,8 @@ def eval_step(variables: dict[str, Any], batch: Batch, *, apply_fn: Callable
 
     batch may carry ``mask`` (B,) (padding of the last batch is 0); all sums are float32.
     """
-    logits = apply_fn(variables, batch["image"], train=False).astype(jnp.float32)
+    # gathered: FSDP-sharded weights whole under Explicit mesh axes (unchanged under Auto).
+    logits = apply_fn(gathered(variables), batch["image"], train=False).astype(jnp.float32)
     labels = batch["label"]
     mask = batch.get("mask")
     mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)

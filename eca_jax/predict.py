@@ -4,6 +4,7 @@
     python -m eca_jax.predict cat.jpg --checkpoint eca_resnet50_k3557.pth.tar      # a PyTorch file directly
     python -m eca_jax.predict cat.jpg --checkpoint workdir/ --labels classes.txt   # a fine-tuned run
     python -m eca_jax.predict cat.jpg --checkpoint ckpt/ecaresnet50d --json
+    python -m eca_jax.predict cat.jpg --checkpoint pretrained://ecaresnet50d       # published weights (eca_jax.pretrained)
 
 Preprocessing is the eval transform of the model's config (``eca_jax.data.preprocess_for_eval``
 with ``eca_jax.data.transforms.resolve_eval_settings``): the size its weights are evaluated at
@@ -65,13 +66,24 @@ def predict(module, variables, images: np.ndarray, top: int = 5, batch_size: int
     return order, np.take_along_axis(probs, order, axis=-1)
 
 
+def _torch_verify():
+    """--verify's logits check for a first conversion of published weights (None without torch)."""
+    try:
+        import torch  # noqa: F401, PLC0415
+    except ImportError:
+        return None
+    from eca_jax.convert.verify import verify  # noqa: PLC0415
+    return verify
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eca_jax.predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP)")
     parser.add_argument("--checkpoint", required=True,
-                        help="a directory written by eca_jax.convert, a training workdir / step, or a PyTorch file")
+                        help="a directory written by eca_jax.convert, a training workdir / step, a PyTorch file, "
+                             "or pretrained://NAME[.TAG] (published weights, downloaded and cached once)")
     parser.add_argument("--arch", help="force the architecture of a PyTorch file (default: inferred)")
     parser.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     parser.add_argument("--image-size", type=int,
@@ -82,10 +94,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from eca_jax.checkpoints import CheckpointError, load  # noqa: PLC0415 -- jax after argparse
     from eca_jax.data.transforms import resolve_eval_settings  # noqa: PLC0415
+    from eca_jax import pretrained  # noqa: PLC0415
     try:
-        loaded = load(args.checkpoint, args.arch)
+        if pretrained.is_spec(args.checkpoint):
+            loaded = pretrained.load_spec(args.checkpoint, verify=_torch_verify())
+            model_cfg = loaded.model_cfg     # the input settings of these weights
+        else:
+            loaded = load(args.checkpoint, args.arch)
+            model_cfg = loaded.signature.model_cfg
         module, variables, name = loaded.module, loaded.variables, loaded.signature.model
-        settings = resolve_eval_settings(args.image_size, model_cfg=loaded.signature.model_cfg)
+        settings = resolve_eval_settings(args.image_size, model_cfg=model_cfg)
         size = settings.image_size
         images = load_images(args.images, size, None, settings.interpolation, settings.mean, settings.std,
                              resize_size=settings.resize_size)

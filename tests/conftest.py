@@ -26,7 +26,7 @@ SLOW_TESTS = {
     "test_bfloat16_eval_logits_close_to_float32",
     "test_model_gradients_equal_the_autodiff_composition",       # 12-82 s (float64 whole models)
     "test_sigterm_saves_and_resume_is_exact", "test_digits_learns_and_evaluate_cli",
-    "test_sigkill_during_async_save_never_leaves_a_usable_partial", "test_two_processes_equal_one",
+    "test_sigkill_during_async_save_never_leaves_a_usable_partial",
     "test_out_of_disk_keeps_previous_checkpoint_and_resumes_on_another_mesh",
     "test_eight_devices_and_fsdp_equal_one_device", "test_processes_form_one_mesh",
     "test_fake_imagenet_prepared_by_tfds_builder",

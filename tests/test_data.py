@@ -570,3 +570,66 @@ def test_imagenet_class_names_offline():
     pairs = dict(zip(synsets, names))
     assert pairs["n01440764"].startswith("tench") and pairs["n01443537"].startswith("goldfish")
     assert pairs["n15075141"].startswith("toilet tissue")
+
+
+# ------------------------------------------------------------------ uint8 batches, normalized on the device
+
+def _on_device(images, mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD) -> np.ndarray:
+    from eca_jax.data.on_device import normalize_images
+    return np.asarray(jax.jit(lambda x: normalize_images(x, mean, std))(images))
+
+
+def test_uint8_images_normalized_in_the_step_equal_the_float32_pipeline(fake_imagenet, sharding):
+    """Train (tfds-streamed JPEGs, crop + flip): the uint8 stream is the float32 stream's grey levels
+    rounded (<= 0.5 grey level apart), and normalizing them on the device equals the host pipeline's
+    own normalization (``transforms.normalize``) of those levels within 1e-6. Eval: uint8 + on-device normalization equals the
+    float32 pipeline within 1e-6 (its grey levels were whole already)."""
+    n_dev = len(jax.devices())
+    kw = dict(global_batch_size=n_dev, image_size=32, seed=3, sharding=sharding, data_dir=fake_imagenet["data_dir"],
+              cache=False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))  # not ImageNet's: the settings must travel
+    floats, ints = (data.make_train_iterator("imagenet2012", **kw, image_format=f) for f in ("float32", "uint8"))
+    host_mean, host_std = np.array(kw["mean"]) * 255, np.array(kw["std"]) * 255
+    for _ in range(2):
+        f, u = next(floats), next(ints)
+        assert u["image"].dtype == np.uint8 and u["image"].sharding == sharding
+        np.testing.assert_array_equal(np.asarray(u["label"]), np.asarray(f["label"]))
+        grey = np.asarray(f["image"]).astype(np.float64) * host_std + host_mean
+        assert np.abs(np.asarray(u["image"]) - grey).max() <= 0.5 + 1e-3
+        assert np.abs(np.asarray(u["image"]) - grey).max() > 0.2  # the float32 stream is not whole levels
+        expected = T.normalize(T.tf.constant(np.asarray(u["image"]), T.tf.float32), kw["mean"], kw["std"])
+        np.testing.assert_allclose(_on_device(u["image"], kw["mean"], kw["std"]), expected.numpy(), rtol=0, atol=1e-6)
+    ekw = dict(global_batch_size=n_dev, image_size=32, sharding=sharding, data_dir=fake_imagenet["data_dir"],
+               cache=False, mean=kw["mean"], std=kw["std"])
+    evals = [list(data.make_eval_iterator("imagenet2012", **ekw, image_format=f)) for f in ("float32", "uint8")]
+    assert len(evals[0]) == len(evals[1]) > 0
+    for f, u in zip(*evals):
+        assert u["image"].dtype == np.uint8
+        real = np.asarray(f["mask"]) > 0  # padding rows (masked out) are zeros in either format
+        np.testing.assert_array_equal(np.asarray(u["mask"]), np.asarray(f["mask"]))
+        np.testing.assert_allclose(_on_device(u["image"], kw["mean"], kw["std"])[real], np.asarray(f["image"])[real],
+                                   rtol=0, atol=1e-6)
+
+
+def test_model_apply_with_input_normalization_takes_uint8_and_float32(data_dir, sharding):
+    """``with_input_normalization``: an apply function fed uint8 digits batches gives what it gives on
+    the host-normalized float32 batches (eval split, whole grey levels); float32 passes through
+    unchanged; other dtypes fail."""
+    import jax.numpy as jnp
+    from eca_jax.data.on_device import normalize_images, with_input_normalization
+    n_dev = len(jax.devices())
+    kw = dict(global_batch_size=2 * n_dev, image_size=8, sharding=sharding, data_dir=data_dir)
+    f, u = (next(iter(data.make_eval_iterator("digits", **kw, image_format=fmt))) for fmt in ("float32", "uint8"))
+
+    def model_apply(variables, x, train=False):  # a linear "model": logits (B, 10)
+        assert x.dtype == jnp.float32 and not train
+        return jnp.einsum("nhwc,hwck->nk", x, variables["w"])
+
+    w = {"w": jax.random.normal(jax.random.PRNGKey(0), (8, 8, 3, 10))}
+    apply = jax.jit(lambda v, x: with_input_normalization(model_apply, T.IMAGENET_MEAN, T.IMAGENET_STD)(
+        v, x, train=False))
+    np.testing.assert_allclose(np.asarray(apply(w, u["image"])), np.asarray(apply(w, f["image"])), rtol=0, atol=2e-5)
+    assert np.abs(np.asarray(f["image"])).max() > 0.5  # real images, not zeros
+    with pytest.raises(TypeError, match="uint8 grey levels"):
+        normalize_images(np.zeros((1, 8, 8, 3), np.int32), T.IMAGENET_MEAN, T.IMAGENET_STD)
+    with pytest.raises(ValueError, match="image_format"):
+        data.make_train_iterator("digits", seed=0, image_format="bfloat16", **kw)

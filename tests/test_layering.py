@@ -7,13 +7,17 @@ Layers (a module may import from lower layers and from its own package, nothing 
     2  nn                                 attention layers, fused BatchNorm
     3  models, data                       the zoo; input pipelines (independent of each other)
     4  checkpoints                        every checkpoint read; signatures; the shape check
-    5  evaluation, nnx                    eval step and the pass over a dataset; native flax.nnx layers/models
-    6  train, convert                     the trainer; PyTorch export and its command line
+    5  evaluation, pretrained             eval step and the pass over a dataset; published weights
+                                          (manifest, download, cache, convert once)
+    6  nnx, train, convert                native flax.nnx layers/models (``create_model(pretrained=)``
+                                          needs pretrained); the trainer; PyTorch export and its command line
     7  evaluate, predict                  command lines
     7  studies                            the paper's experiments: rows' cost, the study runner
 
 The static test reads every ``import`` statement, including those inside functions, so a deferred
 import cannot hide a cycle. The fresh-interpreter test shows what importing each layer loads.
+A package's ``__main__`` (``python -m eca_jax.models``) is a command line, at the top like the
+others: nothing imports it, so it may use any layer (``--pretrained`` lists the published weights).
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "eca_jax"
 LAYERS = {"_paths": 0, "_lock": 0, "constants": 0, "perf": 0, "kernels": 1, "nn": 2, "models": 3, "data": 3,
-          "checkpoints": 4, "evaluation": 5, "nnx": 5, "train": 6, "convert": 6, "evaluate": 7, "predict": 7,
-          "studies": 7}
+          "checkpoints": 4, "evaluation": 5, "pretrained": 5, "nnx": 6, "train": 6, "convert": 6, "evaluate": 7,
+          "predict": 7, "studies": 7}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 LONG_FUNCTION_MARK = "# Over 60 lines:"
@@ -68,7 +72,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in _modules().items():
         source = _part(module)
-        if source is None:
+        if source is None or module.endswith(".__main__"):   # entry points: see the module docstring
             continue
         for target in map(_part, _imported(ast.parse(path.read_text()))):
             if target is not None and target != source:
@@ -79,6 +83,12 @@ def import_graph() -> dict[str, set[str]]:
 def test_every_part_has_a_layer():
     parts = {_part(m) for m in _modules()} - {None}
     assert parts == set(LAYERS), f"give new parts a layer: {sorted(parts ^ set(LAYERS))}"
+
+
+def test_nothing_imports_an_entry_point():
+    importers = [m for m, path in _modules().items()
+                 if any(t.endswith(".__main__") for t in _imported(ast.parse(path.read_text())))]
+    assert not importers, f"modules importing a __main__: {importers}"
 
 
 def test_imports_run_one_way():
@@ -95,7 +105,8 @@ __import__(name)
 print(json.dumps(sorted({m.split(".")[1] for m in sys.modules if m.startswith("eca_jax.")})))
 """
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    for part in ("nn", "models", "data", "checkpoints", "evaluation", "nnx", "convert", "train", "studies"):
+    for part in ("nn", "models", "data", "checkpoints", "evaluation", "nnx", "pretrained", "convert", "train",
+                 "studies"):
         proc = subprocess.run([sys.executable, "-c", script, f"eca_jax.{part}"], capture_output=True, text=True,
                               env=env, timeout=180, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -544,7 +544,7 @@ def test_loop_grad_accumulation_equals_the_full_batch(tmp_path):
         step_dir = resolve_step_dir(tmp_path / name)
         assert result["step"] == 3 and step_dir.name == "3"
         finals[name] = load_variables(step_dir)["params"]
-        plan = loop._plan(config, str(tmp_path / name), SyntheticData())
+        plan = loop.make_plan(config, str(tmp_path / name), SyntheticData())
         saved = Checkpointer(str(tmp_path / name), loop.signature(config, NUM_CLASSES))
         try:
             state, _ = saved.restore(3, loop._abstract_with_shardings(plan.abstract, plan.shardings))

@@ -120,3 +120,105 @@ def tiny_config(**overrides):
                 keep_checkpoints=2)
     base.update(overrides)
     return make_config(**base)
+
+
+def _process_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order."""
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    starts = {}
+    for s in shards:  # replicas over other mesh axes hold the same rows: keep one
+        starts.setdefault(s.index[0].start or 0, np.asarray(s.data))
+    return np.concatenate(list(starts.values()))
+
+
+class _HostsTrainIterator:
+    """Global batches stacked from the local batches of emulated hosts (see EmulatedHosts)."""
+
+    def __init__(self, hosts: list, sharding, global_batch: int):
+        self.hosts, self.sharding, self.global_batch = hosts, sharding, global_batch
+
+    def __iter__(self):
+        return self
+
+    def local_batches(self) -> list[dict[str, np.ndarray]]:
+        """The next local batch of each host this process emulates, in host order."""
+        return [{k: _process_rows(v) for k, v in next(h).items()} for h in self.hosts]
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = self.local_batches()
+        return {k: jax.make_array_from_process_local_data(
+                    self.sharding, np.concatenate([b[k] for b in local]),
+                    (self.global_batch,) + local[0][k].shape[1:]) for k in local[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return self.hosts[0].get_state()
+
+
+class EmulatedHosts:
+    """The real ``eca_jax.data`` as ``num_hosts`` processes read it, inside one process.
+
+    Host p's train pipeline is built exactly as process p of num_hosts builds it (its tfds shard,
+    its shuffle and augmentation seeds: ``Reader`` reads jax.process_index/process_count, patched
+    here while it is built). A global batch is the hosts' local batches stacked in host order,
+    which is how ``jax.make_array_from_process_local_data`` lays out a multi-process batch on a
+    process-major mesh. So a 1-process run on this module sees the very batches an N-process run
+    sees: the reference for tests/test_multihost.py. Eval is the module's own (its sums do not
+    depend on the order). Resuming passes the saved state (written by N processes) to every host.
+    With R real processes (R divides N), process r emulates hosts r*N/R .. (r+1)*N/R - 1 and
+    supplies their rows.
+    """
+
+    def __init__(self, num_hosts: int):
+        from eca_jax import data
+        self.data, self.num_hosts = data, num_hosts
+
+    def dataset_info(self, *args, **kwargs):
+        return self.data.dataset_info(*args, **kwargs)
+
+    def make_eval_iterator(self, *args, **kwargs):
+        return self.data.make_eval_iterator(*args, **kwargs)
+
+    def make_train_iterator(self, name, *, global_batch_size, sharding, **kwargs):
+        from unittest import mock
+
+        from eca_jax.data import reading
+        n, r = self.num_hosts, jax.process_count()
+        if n % r or global_batch_size % n:
+            raise ValueError(f"EmulatedHosts({n}): {r} processes or the batch {global_batch_size} "
+                             f"do not divide {n} hosts")
+        k = n // r
+        hosts = []
+        for p in range(jax.process_index() * k, (jax.process_index() + 1) * k):
+            with mock.patch.object(jax, "process_index", return_value=p), \
+                    mock.patch.object(jax, "process_count", return_value=n), \
+                    mock.patch.object(reading, "local_batch_size", return_value=global_batch_size // n):
+                hosts.append(self.data.make_train_iterator(
+                    name, global_batch_size=global_batch_size, sharding=sharding, **kwargs))
+        return _HostsTrainIterator(hosts, sharding, global_batch_size)
+
+
+SMOKE_CONFIG = "experiments/configs/smoke.py"
+# The multi-host tests' run: smoke.py (ECA-ResNet-8, widths 8/8/16, batch 32, constant lr) on the
+# digits at their own 8x8, 12 steps, log every step, eval at 6 and 12 over the 360 test digits
+# with batch 48 (360 = 7.5 batches: padded), checkpoints every 3, parameters sharded over fsdp=2.
+MULTIHOST_OVERRIDES = {"image_size": 8, "total_steps": 12, "log_every_steps": 1,
+                       "eval_every_steps": 6, "checkpoint_every_steps": 3, "eval_batch_size": 48,
+                       "fsdp_min_size": 64, "mesh.fsdp": 2, "progress": "lines"}
+
+
+def smoke_config(**overrides):
+    """experiments/configs/smoke.py with ``overrides`` (dotted keys such as "mesh.fsdp")."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), SMOKE_CONFIG)
+    spec = importlib.util.spec_from_file_location("smoke_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config

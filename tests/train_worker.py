@@ -8,6 +8,8 @@ device count. The last stdout line is the result as JSON.
         [--coordinator 127.0.0.1:PORT --num_processes 2 --process_id 0]
         [--step_delay 0.3] [--progress_file F]           # slow steps; F gets "batches=N"
         [--fault hang|enospc --fault_at_save 2 --fault_marker M]  # break the Nth async save
+        [--emulate_hosts 4]   # the real digits pipeline as 4 hosts read it (train_helpers.EmulatedHosts);
+                              # --config then overrides experiments/configs/smoke.py (dotted keys)
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def _parse():
     p.add_argument("--fault", choices=("hang", "enospc"))
     p.add_argument("--fault_at_save", type=int, default=2)
     p.add_argument("--fault_marker")
+    p.add_argument("--emulate_hosts", type=int)
     return p.parse_args()
 
 
@@ -84,14 +87,17 @@ def main() -> None:
     if args.coordinator:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    initialization_timeout=120)
-    from train_helpers import SyntheticData, tiny_config
+    from train_helpers import EmulatedHosts, SyntheticData, smoke_config, tiny_config
 
     from eca_jax.train.loop import train_and_evaluate
 
     if args.fault:
         install_save_fault(args.fault, args.fault_at_save, args.fault_marker)
-    data = SyntheticData(step_delay=args.step_delay, progress_file=args.progress_file)
-    config = tiny_config(**json.loads(args.config))
+    if args.emulate_hosts:
+        data, config = EmulatedHosts(args.emulate_hosts), smoke_config(**json.loads(args.config))
+    else:
+        data = SyntheticData(step_delay=args.step_delay, progress_file=args.progress_file)
+        config = tiny_config(**json.loads(args.config))
     result = train_and_evaluate(config, args.workdir, data_module=data)
     print(json.dumps(result), flush=True)
 

@@ -10,6 +10,10 @@
         ...                                                 # + "mask" f32 (B,), "index" i32 (B,)
     x = data.preprocess_for_eval(open("cat.jpg", "rb").read())   # f32 (224, 224, 3)
 
+``image_format="uint8"`` (train and eval iterators) ships whole grey levels as uint8, a quarter of
+the bytes; normalize them inside the jitted step with ``data.normalize_images(x, mean, std)`` or
+wrap the model's apply with ``data.with_input_normalization(model.apply, mean, std)``.
+
 TensorFlow is used for tf.data only and never sees a GPU (``tf.config.set_visible_devices([], "GPU")``
 on import).
 """
@@ -17,14 +21,15 @@ on import).
 from eca_jax.data._tf import tf as _tf  # noqa: F401  (first: hides the GPUs from TensorFlow)
 from eca_jax.data.datasets import DatasetInfo, check_name, dataset_info, default_data_dir, prepare
 from eca_jax.data.imagenet import check_manual_dir, imagenet_class_names, imagenet_synsets
+from eca_jax.data.on_device import normalize_images, with_input_normalization
 from eca_jax.data.pipeline import EvalIterator, TrainIterator, make_eval_iterator, make_train_iterator
-from eca_jax.data.transforms import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalSettings,
+from eca_jax.data.transforms import (AUGMENTS, IMAGE_FORMATS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalSettings,
                                      eval_transform, preprocess_for_eval, resolve_eval_settings, resolve_normalization,
                                      train_transform)
 
 __all__ = [
-    "AUGMENTS", "DatasetInfo", "EvalIterator", "EvalSettings", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "TrainIterator",
+    "AUGMENTS", "IMAGE_FORMATS", "DatasetInfo", "EvalIterator", "EvalSettings", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "TrainIterator",
     "check_manual_dir", "check_name", "dataset_info", "default_data_dir", "eval_transform", "imagenet_class_names",
-    "imagenet_synsets", "make_eval_iterator", "make_train_iterator", "preprocess_for_eval", "prepare",
-    "resolve_eval_settings", "resolve_normalization", "train_transform",
+    "imagenet_synsets", "make_eval_iterator", "make_train_iterator", "normalize_images", "preprocess_for_eval",
+    "prepare", "resolve_eval_settings", "resolve_normalization", "train_transform", "with_input_normalization",
 ]

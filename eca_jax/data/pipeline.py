@@ -21,7 +21,9 @@ and ``index`` (the example's position in the split, -1 for padding): every examp
 exactly once across all processes; ``num_examples`` is the split size.
 
 Batches: ``{"image": float32 (global_batch, H, W, 3) normalized, "label": int32 (global_batch,)}``
-(+ ``"mask"`` float32 and ``"index"`` int32 in eval).
+(+ ``"mask"`` float32 and ``"index"`` int32 in eval). With ``image_format="uint8"`` the image is
+uint8 whole grey levels instead, 4x fewer bytes through the host, for the consumer to normalize
+inside its jitted step (``eca_jax.data.on_device.normalize_images``).
 
 This module holds the iterators and their constructors; reading a process's shard and moving
 batches out of tf.data onto the devices is :mod:`eca_jax.data.reading`.
@@ -188,8 +190,10 @@ class EvalIterator:
     """One ordered pass over the eval split per ``iter()``, padded and masked; ``num_examples`` is exact."""
 
     def __init__(self, reader: Reader, *, sharding, global_batch_size: int, local_batch_size: int,
-                 transform: Callable, image_size: int, num_parallel_calls, prefetch: int):
+                 transform: Callable, image_size: int, num_parallel_calls, prefetch: int,
+                 image_dtype: tf.DType = tf.float32):
         self._reader, self._sharding, self._transform = reader, sharding, transform
+        self._image_dtype = image_dtype
         self._local_batch, self._image_size = local_batch_size, image_size
         self._num_parallel_calls, self._prefetch = num_parallel_calls, prefetch
         self.global_batch_size = global_batch_size
@@ -229,7 +233,7 @@ class EvalIterator:
         ds = self._reader.source.examples(shuffle_seed=None)
         ds = ds.map(prepare, num_parallel_calls=self._num_parallel_calls, deterministic=True)
         padding = tf.data.Dataset.from_tensors({
-            "image": tf.zeros((s, s, 3), tf.float32), "label": tf.constant(0, tf.int32),
+            "image": tf.zeros((s, s, 3), self._image_dtype), "label": tf.constant(0, tf.int32),
             "mask": tf.constant(0.0, tf.float32), "index": tf.constant(-1, tf.int32)})
         ds = ds.concatenate(padding.repeat(self._padding))
         return ds.batch(self._local_batch, drop_remainder=True).prefetch(AUTOTUNE)
@@ -265,7 +269,7 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
                         interpolation: str = "bilinear", cache: Any = "auto", shuffle_buffer_size: int = 10_000,
                         num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
                         prefetch: int = 2, mean: Optional[Sequence[float]] = None,
-                        std: Optional[Sequence[float]] = None) -> TrainIterator:
+                        std: Optional[Sequence[float]] = None, image_format: str = "float32") -> TrainIterator:
     """Infinite, seeded, resumable stream of global train batches (see the module docstring).
 
     Args:
@@ -281,8 +285,11 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
       prefetch: batches placed on the devices ahead of the consumer.
       mean / std: the normalization ``(x / 255 - mean) / std`` (3 floats each; None: ImageNet's).
         Give the model's (``ModelCfg.mean``/``std``) so that training and eval normalize alike.
+      image_format: ``"float32"`` (normalized) or ``"uint8"`` (whole grey levels, not normalized:
+        normalize inside the jitted step with ``eca_jax.data.on_device.normalize_images``).
     Returns a ``TrainIterator`` yielding ``{"image": float32 (B, S, S, 3), "label": int32 (B,)}``.
     """
+    transforms.check_image_format(image_format)
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
     mean, std = transforms.resolve_normalization(mean, std)
     if augment is not None and augment not in transforms.AUGMENTS:
@@ -296,7 +303,8 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
 
     def transform(image, key, name):
         return transforms.train_transform(image, key, image_size=image_size, augment=augment,
-                                          interpolation=interpolation, mean=mean, std=std, name=name)
+                                          interpolation=interpolation, mean=mean, std=std, name=name,
+                                          image_format=image_format)
 
     return TrainIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
                          seed=seed, augment=augment, transform=transform, num_parallel_calls=num_parallel_calls,
@@ -309,7 +317,8 @@ def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sh
                        split: Optional[str] = None, interpolation: Optional[str] = None, cache: Any = "auto",
                        num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
                        prefetch: int = 2, mean: Optional[Sequence[float]] = None,
-                       std: Optional[Sequence[float]] = None, model_cfg: Any = None) -> EvalIterator:
+                       std: Optional[Sequence[float]] = None, model_cfg: Any = None,
+                       image_format: str = "float32") -> EvalIterator:
     """One exact pass over the eval split per iteration (see the module docstring).
 
     Eval preprocessing (``transforms.resolve_eval_settings``; the first that is given wins):
@@ -318,8 +327,10 @@ def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sh
     ``test_input_size``, else ``crop_pct``), else 0.875; ``interpolation``/``mean``/``std`` are the
     given ones, else the model's, else bilinear and ImageNet's. ``resize_size`` is then
     ``floor(image_size / crop_pct)``. The iterator's ``settings`` attribute holds the result.
-    Batches: ``{"image", "label", "mask", "index"}``.
+    Batches: ``{"image", "label", "mask", "index"}``; ``image_format`` as in ``make_train_iterator``
+    (``"uint8"`` normalized with the iterator's ``settings.mean``/``std`` gives the float32 images exactly).
     """
+    transforms.check_image_format(image_format)
     num_parallel_calls = _check_common(image_size, interpolation, num_parallel_calls, prefetch)
     local_batch = reading.local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
@@ -333,10 +344,11 @@ def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sh
     def transform(image, name):
         return transforms.eval_transform(image, image_size=settings.image_size, resize_size=settings.resize_size,
                                          interpolation=settings.interpolation, mean=settings.mean,
-                                         std=settings.std, name=name)
+                                         std=settings.std, name=name, image_format=image_format)
 
     iterator = EvalIterator(reader, sharding=sharding, global_batch_size=global_batch_size,
                             local_batch_size=local_batch, transform=transform, image_size=image_size,
-                            num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+                            num_parallel_calls=num_parallel_calls, prefetch=prefetch,
+                            image_dtype=tf.as_dtype(image_format))
     iterator.settings = settings
     return iterator

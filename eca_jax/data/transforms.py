@@ -33,6 +33,9 @@ from eca_jax.constants import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_
 from eca_jax.data._tf import tf
 
 AUGMENTS = ("inception_crop_flip", "none")
+# What the pipelines ship: "float32" normalized images, or "uint8" whole grey levels that the
+# consumer normalizes on the device (eca_jax.data.on_device.normalize_images; 4x fewer bytes).
+IMAGE_FORMATS = ("float32", "uint8")
 
 _MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
 
@@ -213,14 +216,15 @@ def inception_crop(image: tf.Tensor, seed: tf.Tensor, *, area_range=(0.08, 1.0),
                    name: Union[tf.Tensor, str] = "") -> tf.Tensor:
     """Random crop (uint8 (h, w, 3)) of an encoded or decoded image; JPEGs decode only the window."""
     if image.dtype == tf.string:
-        data = checked_bytes(image, name)
+        data = image
 
-        def jpeg():
+        def jpeg():  # JPEG magic bytes: a known format, nothing to assert (saves ops on every image)
             window = _sample_crop_window(tf.image.extract_jpeg_shape(data), seed, area_range, ratio_range)
             return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
         def other():
-            decoded = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            decoded = tf.io.decode_image(checked_bytes(data, name), channels=3, expand_animations=False,
+                                         dtype=tf.uint8)
             decoded.set_shape([None, None, 3])
             w = _sample_crop_window(tf.shape(decoded), seed, area_range, ratio_range)
             return decoded[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
@@ -234,6 +238,21 @@ def inception_crop(image: tf.Tensor, seed: tf.Tensor, *, area_range=(0.08, 1.0),
     return crop
 
 
+def check_image_format(image_format: str) -> str:
+    """``image_format`` if it is one of IMAGE_FORMATS, else ValueError."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"Unknown image_format {image_format!r}; choose one of {IMAGE_FORMATS}.")
+    return image_format
+
+
+def finish(image: tf.Tensor, image_format: str, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """float32 grey levels -> the shipped image, clipped to 0..255 (bicubic overshoots): normalized
+    float32 (``image_format="float32"``) or rounded to whole grey levels as uint8 (``"uint8"``)."""
+    if check_image_format(image_format) == "uint8":
+        return tf.saturate_cast(tf.round(image), tf.uint8)  # = cast(round(clip(x, 0, 255)))
+    return normalize(tf.clip_by_value(image, 0.0, 255.0), mean, std)
+
+
 def normalize(image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
     """float32 image in grey levels 0..255 -> ``(x / 255 - mean) / std`` per channel."""
     mean = tf.constant(mean, tf.float32) * 255.0
@@ -245,25 +264,26 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, *, image_size: int, augme
                     interpolation: str = "bilinear", antialias: bool = False,
                     area_range=(0.08, 1.0), ratio_range=(3 / 4, 4 / 3),
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    name: Union[tf.Tensor, str] = "") -> tf.Tensor:
+                    name: Union[tf.Tensor, str] = "", image_format: str = "float32") -> tf.Tensor:
     """Training transform of one image (encoded tf.string or uint8 HWC) -> float32 (image_size, image_size, 3).
 
     ``seed``: int32/int64 (2,), the only source of randomness (stateless ops; unused by "none").
     With ``augment="none"`` a uint8 batch (N, H, W, 3) may be given as well.
+    ``image_format="uint8"``: the resized grey levels rounded to uint8 instead, not normalized
+    (as PIL's uint8 resize in the torchvision recipe; at most 0.5 grey level from the float32 path).
     """
     check_interpolation(interpolation)
     if augment == "inception_crop_flip":
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
         crop = inception_crop(image, crop_seed, area_range=area_range, ratio_range=ratio_range, name=name)
         out = tf.image.resize(crop, [image_size, image_size], method=interpolation, antialias=antialias)
-        out = tf.image.stateless_random_flip_left_right(out, flip_seed)
-    elif augment == "none":
+        # Flipped last, on the shipped (smallest) tensor: clip, round and normalize commute with it.
+        return tf.image.stateless_random_flip_left_right(finish(out, image_format, mean, std), flip_seed)
+    if augment == "none":
         decoded = decode_rgb(image, name, accurate=False) if image.dtype == tf.string else _as_rgb(image)
         out = tf.image.resize(decoded, [image_size, image_size], method=interpolation, antialias=True)
-    else:
-        raise ValueError(f"Unknown augment {augment!r}; choose one of {AUGMENTS}.")
-    out = tf.clip_by_value(out, 0.0, 255.0)  # bicubic overshoots
-    return normalize(out, mean, std)
+        return finish(out, image_format, mean, std)
+    raise ValueError(f"Unknown augment {augment!r}; choose one of {AUGMENTS}.")
 
 
 def resize_shorter_center_crop(image: tf.Tensor, *, image_size: int, resize_size: int,
@@ -290,15 +310,16 @@ def resize_shorter_center_crop(image: tf.Tensor, *, image_size: int, resize_size
 
 def eval_transform(image: tf.Tensor, *, image_size: int, resize_size: int, interpolation: str = "bilinear",
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   name: Union[tf.Tensor, str] = "") -> tf.Tensor:
+                   name: Union[tf.Tensor, str] = "", image_format: str = "float32") -> tf.Tensor:
     """Eval transform of one image (encoded tf.string or uint8 HWC) -> float32 (image_size, image_size, 3) normalized.
 
-    A uint8 batch (N, H, W, 3) of one shape works too.
+    A uint8 batch (N, H, W, 3) of one shape works too. ``image_format="uint8"``: the same whole
+    grey levels as uint8, not normalized (normalizing them gives the float32 output exactly).
     """
     decoded = decode_rgb(image, name) if image.dtype == tf.string else _as_rgb(image)
     crop = resize_shorter_center_crop(decoded, image_size=image_size, resize_size=resize_size,
                                       interpolation=interpolation)
-    return normalize(crop, mean, std)
+    return finish(crop, image_format, mean, std)
 
 
 ImageLike = Union[bytes, bytearray, np.ndarray, tf.Tensor]

@@ -24,11 +24,12 @@ plain formulation), the A/B baselines of experiments/PERFORMANCE.md. Models choo
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from eca_jax.kernels.sharding import explicit_sharding
 from eca_jax.kernels.windows import acc_dtype, conv_out_hw, shifted_windows
 
 
@@ -141,9 +142,10 @@ def _pointwise_bwd(strides, precision, residuals, dy):
     xs, kernel, x_shape = residuals
     dxs = jax.lax.dot_general(dy, kernel, (((3,), (1,)), ((), ())), precision=precision)
     # 2-D operands: a (P, C_in)^T (P, C_out) dot that XLA:CPU runs without transposing an operand
-    # (a 4-D dot_general is canonicalised into transposes of both).
+    # (a 4-D dot_general is canonicalised into transposes of both). It contracts the batch, so under
+    # an Explicit mesh (batch sharded) its result must be typed: like the kernel's.
     dk = jax.lax.dot_general(xs.reshape(-1, xs.shape[-1]), dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())),
-                             precision=precision)
+                             precision=precision, out_sharding=explicit_sharding(kernel))
     sh, sw = strides
     if sh > 1 or sw > 1:  # scatter back to every s-th pixel (zeros elsewhere)
         _, h, w, _ = x_shape
@@ -182,9 +184,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       like PyTorch's). XLA:CPU computes the weight gradient of a 1x1 *convolution* as a
       convolution with the batch as its feature axis, at a few GFLOP/s; as a dot it runs at GEMM speed.
     * depthwise convs (kernel (kh, kw, 1, C), ``feature_group_count == C``) -> shifted
-      multiply-adds (:func:`depthwise_conv_shifted`), on the CPU backend only (GPUs keep cuDNN's).
+      multiply-adds (:func:`depthwise_conv_shifted`), on the CPU only (GPUs keep cuDNN's).
     * dense convs on inputs smaller than the kernel -> im2col + dot (:func:`small_input_conv`), on
-      the CPU backend only (YNNPACK declines them; XLA's fallback is ~100x slower).
+      the CPU only (YNNPACK declines them; XLA's fallback is ~100x slower).
+    "On the CPU only" means the platform the program is lowered for (:func:`on_cpu`), so an
+    export for TPU or CUDA made on a CPU host keeps XLA's convolutions there.
     Everything else goes to XLA unchanged. Injected into ``nn.Conv(conv_general_dilated=...)``
     (with the switches bound by ``functools.partial``, see ``ImplOptions.conv_general_dilated``);
     results equal XLA's convolution up to float rounding of the sums.
@@ -195,16 +199,33 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """
     plain = (_is_nhwc_hwio(dimension_numbers) and not isinstance(padding, str)
              and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1))))
-    if plain and pointwise_as_dot and rhs.shape[:2] == (1, 1) and feature_group_count == 1 \
-            and all(tuple(p) == (0, 0) for p in padding):
-        return pointwise_conv(lhs, rhs.reshape(rhs.shape[2:]), tuple(window_strides), precision)
-    if plain and depthwise_shifted and jax.default_backend() == "cpu" and feature_group_count > 1 \
-            and rhs.shape[2] == 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
-        return depthwise_conv_shifted(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
-                                      bool(depthwise_rows_grad))
-    if plain and small_input_im2col and jax.default_backend() == "cpu" and feature_group_count == 1 \
-            and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]):
-        return small_input_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision)
+
+    def xla(x, k):
+        return jax.lax.conv_general_dilated(x, k, window_strides, padding, lhs_dilation=lhs_dilation,
+                                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                            feature_group_count=feature_group_count, precision=precision)
+
+    if not plain:
+        return xla(lhs, rhs)
+    strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+    if pointwise_as_dot and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and all(p == (0, 0) for p in pads):
+        return pointwise_conv(lhs, rhs.reshape(rhs.shape[2:]), strides, precision)
+    if depthwise_shifted and feature_group_count > 1 and rhs.shape[2] == 1 \
+            and feature_group_count == lhs.shape[-1] == rhs.shape[-1]:
+        return on_cpu(lambda x, k: depthwise_conv_shifted(x, k, strides, pads, bool(depthwise_rows_grad)), xla,
+                      lhs, rhs)
+    if small_input_im2col and feature_group_count == 1 and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]):
+        return on_cpu(lambda x, k: small_input_conv(x, k, strides, pads, precision), xla, lhs, rhs)
+    return xla(lhs, rhs)
+
+
+def on_cpu(cpu_fn: Callable[..., jax.Array], other_fn: Callable[..., jax.Array], *args: jax.Array) -> jax.Array:
+    """``cpu_fn(*args)`` where the program runs on the CPU, ``other_fn(*args)`` on every other platform.
+
+    Chosen by the platform the program is LOWERED for (``jax.lax.platform_dependent``), not the
+    machine that traces it: ``jax.export(..., platforms=("tpu",))`` from a CPU host carries only
+    ``other_fn``; a multi-platform export carries both and the runtime platform picks one before
+    compiling. Both must return the same shape, dtype and sharding. Differentiable (custom VJPs
+    included: ``platform_dependent`` is a ``lax.switch``, whose AD keeps the platform choice).
+    """
+    return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=other_fn)

@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
+from eca_jax.kernels.sharding import explicit_sharding_from
 from eca_jax.kernels.windows import Padding, conv_out_hw, shifted_windows
 
 
@@ -127,7 +128,8 @@ def _route_to_first(first: jax.Array, dy: jax.Array, window: Sequence[int], stri
                     plane = plane + jnp.where(first_p[idx] == i * kw + j, dy_p[idx], zero)
             row.append(plane)
         planes.append(jnp.stack(row, axis=3))            # (N, Hq, Wq, sw, C)
-    dxp = jnp.stack(planes, axis=2).reshape(n, hq * sh, wq * sw, c)
+    dxp = jnp.stack(planes, axis=2)                      # (N, Hq, sh, Wq, sw, C)
+    dxp = dxp.reshape(n, hq * sh, wq * sw, c, out_sharding=explicit_sharding_from(dxp, (0, None, None, 5)))
     return dxp[:, :hp, :wp]
 
 

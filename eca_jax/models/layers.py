@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from eca_jax.kernels import ImplOptions, max_pool_shifted
+from eca_jax.kernels import ImplOptions, max_pool_shifted, on_cpu
+from eca_jax.kernels.sharding import explicit_sharding
 from eca_jax.nn.attention import torch_linear_init
 from eca_jax.nn.fused import BatchNormAct
 
@@ -60,12 +61,38 @@ def batch_norm(train: bool, *, name: str, dtype: Any = None, param_dtype: Any = 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """PyTorch MaxPool2d(3, stride=2, padding=1) on NHWC (padding never wins: it is -inf).
 
-    On the CPU backend :func:`max_pool_shifted` (same values, PyTorch's first-maximum gradient;
-    XLA:CPU runs the select-and-scatter backward of ``nn.max_pool`` ~5x slower); ``nn.max_pool`` elsewhere.
+    On the CPU :func:`max_pool_shifted` (same values, PyTorch's first-maximum gradient; XLA:CPU runs
+    the select-and-scatter backward of ``nn.max_pool`` ~5x slower); ``nn.max_pool`` elsewhere. The
+    platform is the one the program is lowered for (:func:`eca_jax.kernels.on_cpu`), not the tracing host.
     """
-    if jax.default_backend() == "cpu":
-        return max_pool_shifted(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return on_cpu(lambda v: max_pool_shifted(v, (3, 3), (2, 2), ((1, 1), (1, 1))),
+                  lambda v: nn.max_pool(v, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), x)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same keys, same masks) whose mask is typed like its input under an Explicit mesh.
+
+    flax's Dropout draws an unsharded mask and ``lax.select``s it against the (batch-sharded) input,
+    which explicit sharding mode rejects ("select `which` must ... have the same sharding as
+    cases"); here the mask is drawn with ``out_sharding=`` the input's sharding. Same numbers under
+    Auto axes and without a mesh (threefry keys are partitionable: a sharded draw has the same bits).
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, deterministic: Optional[bool] = None,
+                 rng: Optional[jax.Array] = None) -> jax.Array:
+        sharding = explicit_sharding(inputs)
+        if sharding is None or self.broadcast_dims:
+            return super().__call__(inputs, deterministic, rng)
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep = 1.0 - self.rate
+        rng = self.make_rng(self.rng_collection) if rng is None else rng
+        mask = jax.random.bernoulli(rng, keep, inputs.shape, out_sharding=sharding)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
 
 def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:

@@ -88,7 +88,10 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
     an unknown keyword.
     """
     entry = _ENTRYPOINTS[resolve_model_name(name)]
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if kwargs.get("pretrained"):   # weights live above the zoo (eca_jax.pretrained)
+        raise ValueError(f"eca_jax.models.create_model builds the architecture only; for published weights call "
+                         f"eca_jax.create_model({name!r}, pretrained=...).")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k != "pretrained"}
     try:
         return entry(num_classes=num_classes, **kwargs)
     except TypeError as e:

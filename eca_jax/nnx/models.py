@@ -113,6 +113,10 @@ class MobileNetV2(nnx.Module):
     """
 
     def __init__(self, cfg: LinenMobileNetV2, *, rngs: nnx.Rngs):
+        layer = cfg._block_attention(16, 16)[0]
+        if layer not in (None, "eca"):
+            raise ValueError(f"eca_jax.nnx's MobileNetV2 takes attn='eca' or None, got {cfg.attn!r} "
+                             "(the linen model takes every row)")
         common = _common(cfg, rngs)
         self.in_chans, self.dtype = cfg.in_chans, cfg.dtype
         in_channels = cfg._channels(32)
@@ -165,15 +169,37 @@ def from_linen(module: Any, *, rngs: nnx.Rngs) -> nnx.Module:
     raise TypeError(f"no native NNX twin for {type(module).__name__}; wrap it with eca_jax.nn.to_nnx")
 
 
-def create_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 1000, **kwargs: Any) -> nnx.Module:
+def create_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 1000, pretrained: Any = False,
+                 **kwargs: Any) -> nnx.Module:
     """A registered model (:func:`eca_jax.models.list_models`) as a native ``nnx.Module``.
 
     ``kwargs`` override architecture attributes exactly as in :func:`eca_jax.models.create_model`
     (``k_size``, ``attn``, ``dtype``, ``impl`` ...); unknown names raise the same ValueError.
     Parameters are drawn from ``rngs.params()`` (independently of linen's ``init``: load linen
     weights with :func:`eca_jax.nnx.load_linen_variables`).
+
+    ``pretrained`` (True, a tag or a file path, as ``eca_jax.create_model``): the published weights
+    from :func:`eca_jax.pretrained.load` (``manifest=``/``progress=`` go there), loaded and checked;
+    the model comes back in eval mode. ``num_classes`` must then be the file's.
     """
+    if pretrained:
+        return _pretrained(name, pretrained, rngs=rngs, num_classes=num_classes, **kwargs)
     linen = create_linen_model(name, num_classes=num_classes, **kwargs)
     # Built under nnx.jit: the initialisers compile as one program (eager creation compiles every
     # distinct random op on its own: ~25 s for a ResNet-18 on CPU, against a few seconds).
     return nnx.jit(lambda r: from_linen(linen, rngs=r))(rngs)
+
+
+def _pretrained(name: str, spec: Any, *, rngs: nnx.Rngs, num_classes: int, **kwargs: Any) -> nnx.Module:
+    from eca_jax import pretrained  # noqa: PLC0415 -- only weights need the download/cache machinery
+    from eca_jax.nnx.variables import load_linen_variables  # noqa: PLC0415
+    options = {k: kwargs.pop(k) for k in ("manifest", "progress") if k in kwargs}
+    loaded = pretrained.load(name, spec, **options)
+    if num_classes != loaded.signature.num_classes:
+        raise ValueError(f"nnx create_model({name!r}, pretrained=...): the weights have "
+                         f"{loaded.signature.num_classes} classes, not num_classes={num_classes}.")
+    linen = loaded.signature.build(**kwargs)
+    model = nnx.jit(lambda r: from_linen(linen, rngs=r))(rngs)
+    load_linen_variables(model, loaded.variables)
+    model.eval()
+    return model

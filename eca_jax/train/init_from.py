@@ -2,7 +2,9 @@
 
 Accepted paths: anything :func:`eca_jax.checkpoints.load` reads: a training workdir (its latest
 checkpoint), a ``checkpoints`` directory, one step directory, a directory written by
-``eca_jax.convert``, or a PyTorch file (the release's ``.pth.tar``, timm's ``.safetensors``).
+``eca_jax.convert``, or a PyTorch file (the release's ``.pth.tar``, timm's ``.safetensors``); or
+``pretrained://NAME[.TAG]`` (published weights, downloaded, checked and converted once by
+:mod:`eca_jax.pretrained`).
 Only ``params`` and ``batch_stats`` are taken; the optimizer starts fresh.
 
 Every leaf must match the new model by path and shape (one check,
@@ -18,6 +20,7 @@ from typing import Any, Callable, Mapping
 import jax
 from flax import traverse_util
 
+from eca_jax import pretrained
 from eca_jax.checkpoints import load, place_like
 from eca_jax.checkpoints.errors import CheckpointMismatchError
 from eca_jax.checkpoints.shapes import check_shapes, leaf_shapes
@@ -53,7 +56,7 @@ def merge(fresh: Mapping[str, Any], loaded: Mapping[str, Any], heads: set[str],
 def apply(state, path: str, *, model_name: str, num_classes: int, reset_head: bool,
           make_shapes: Callable[[int], Mapping[str, Any]], log: Callable[[str], None] = print):
     """Returns ``state`` with params/batch_stats from ``path`` (placed with state's shardings)."""
-    loaded = load(path)
+    loaded = pretrained.load_spec(path) if pretrained.is_spec(path) else load(path)
     found = loaded.signature.model
     if found != model_name:
         raise CheckpointMismatchError(

@@ -80,7 +80,7 @@ def _log(msg: str) -> None:
 
 @dataclasses.dataclass
 class TrainingPlan:
-    """What a run trains and how, built once by :func:`_plan` before any state exists: the
+    """What a run trains and how, built once by :func:`make_plan` before any state exists: the
     durations in optimizer steps, batch sizes, mesh, model, optimizer and state shardings."""
     config: ml_collections.ConfigDict
     workdir: str
@@ -100,8 +100,11 @@ class TrainingPlan:
     shardings: Any
 
 
-def _plan(config: ml_collections.ConfigDict, workdir: str, data: Any) -> TrainingPlan:
-    """Dataset info, durations, mesh (with batch-size checks), model, optimizer, shardings."""
+def make_plan(config: ml_collections.ConfigDict, workdir: str, data: Any) -> TrainingPlan:
+    """Dataset info, durations, mesh (with batch-size checks), model, optimizer, shardings.
+
+    ``data``: ``eca_jax.data``, or anything with its ``dataset_info`` (the dry run and the export
+    pass dataset sizes only, :func:`eca_jax.train.export.plan_without_data`)."""
     info = data.dataset_info(config.dataset, data_dir=config.data_dir,
                              manual_dir=config.manual_dir)
     num_classes = config.num_classes or info.num_classes
@@ -168,23 +171,34 @@ class _Loop:
     num_sums: int = 0
 
 
+def jitted_steps(plan: TrainingPlan) -> tuple[Callable, Callable]:
+    """``(train_fn, eval_fn)``, the steps the loop runs (the export and the dry run lower the same):
+    train (state, batch) -> (state, metrics), the state donated; eval (variables, batch) -> sums.
+    uint8 images are normalised inside the step with the config's (else the model's) mean and std."""
+    from eca_jax.data.on_device import with_input_normalization  # noqa: PLC0415 (TensorFlow)
+    config = plan.config
+    batch_sharding, repl = sharding.batch_sharding(plan.mesh), sharding.replicated(plan.mesh)
+    apply = with_input_normalization(plan.model.apply, **normalization(config))
+    train_fn = jax.jit(
+        make_train_step(apply, plan.tx, config.label_smoothing, config.bn_groups),
+        in_shardings=(plan.shardings, batch_sharding), out_shardings=(plan.shardings, repl),
+        donate_argnums=0)
+    var_sh = {"params": plan.shardings.params, "batch_stats": plan.shardings.batch_stats}
+    eval_fn = jax.jit(make_eval_step(apply), in_shardings=(var_sh, batch_sharding), out_shardings=repl)
+    return train_fn, eval_fn
+
+
 def _start_loop(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer, start_step: int,
                 data_state: Any, t_start: float) -> _Loop:
     """The train stream (at ``data_state``), the jitted train and eval steps, the writers."""
     config, is_main = plan.config, jax.process_index() == 0
-    batch_sharding, repl = sharding.batch_sharding(plan.mesh), sharding.replicated(plan.mesh)
+    batch_sharding = sharding.batch_sharding(plan.mesh)
     train_it = plan.data.make_train_iterator(
         config.dataset, global_batch_size=plan.micro_batch, image_size=config.image_size,
         seed=config.seed, sharding=batch_sharding, data_dir=config.data_dir,
         manual_dir=config.manual_dir, augment=config.augment, state=data_state,
-        **normalization(config))
-    train_fn = jax.jit(
-        make_train_step(plan.model.apply, plan.tx, config.label_smoothing, config.bn_groups),
-        in_shardings=(plan.shardings, batch_sharding), out_shardings=(plan.shardings, repl),
-        donate_argnums=0)
-    var_sh = {"params": plan.shardings.params, "batch_stats": plan.shardings.batch_stats}
-    eval_fn = jax.jit(make_eval_step(plan.model.apply), in_shardings=(var_sh, batch_sharding),
-                      out_shardings=repl)
+        **normalization(config), image_format="uint8")  # normalized in the jitted steps (apply)
+    train_fn, eval_fn = jitted_steps(plan)
     writer = reporting.MetricsWriter(plan.workdir, enabled=is_main,
                                      resume_step=start_step if start_step else None)
     progress = reporting.Progress(plan.total_steps, start_step, config.progress, enabled=is_main)
@@ -317,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config = _with_absolute_paths(config)
     os.makedirs(workdir, exist_ok=True)
     with checkpointing.workdir_lock(workdir):  # WorkdirInUseError while another trainer runs there
-        plan = _plan(config, workdir, data_module)
+        plan = make_plan(config, workdir, data_module)
         checkpointer = checkpointing.Checkpointer(
             workdir, signature(config, plan.model.num_classes), keep=config.keep_checkpoints,
             keep_best=config.keep_best, async_save=config.async_checkpointing)

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from eca_jax.kernels.sharding import gathered
+
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch dimension is split over both mesh axes
 
@@ -38,12 +40,18 @@ def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
-def make_mesh(data: int = -1, fsdp: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None,
+              axis_type: AxisType = AxisType.Auto) -> Mesh:
     """A ("data", "fsdp") mesh over ``devices`` (default: all devices of all processes).
 
     With explicit sizes whose product is smaller than the device count, the first
     data*fsdp devices are used (single-process only; handy for tests and debugging).
+
+    ``axis_type``: Auto (the trainer's default: XLA's partitioner places every intermediate, the
+    FSDP all-gathers included, and nothing in the step needs a sharding type) or Explicit (JAX's
+    sharding-in-types mode, ``jax.make_mesh``'s own default): the train and eval steps run
+    under both with the same numbers (tests/test_explicit_mesh.py), the FSDP all-gather being
+    :func:`gather_params` under Explicit axes.
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(data, fsdp, len(devices))
@@ -51,7 +59,7 @@ def make_mesh(data: int = -1, fsdp: int = 1,
     if n < len(devices) and jax.process_count() > 1:
         raise ValueError(f"Multi-process runs must use all {len(devices)} devices; "
                          f"mesh {shape} uses {n}.")
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 2, devices=devices[:n])
+    return jax.make_mesh(shape, AXES, axis_types=(axis_type,) * 2, devices=devices[:n])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -80,6 +88,12 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, min_size: int) -> Any:
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, min_size)),
                         abstract_tree)
+
+
+def gather_params(params: Any) -> Any:
+    """The parameters whole for the forward pass: FSDP's all-gather under Explicit mesh axes, as is
+    under Auto axes (XLA places the all-gathers). See :func:`eca_jax.kernels.sharding.gathered`."""
+    return gathered(params)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from eca_jax.evaluation import cross_entropy  # also re-exported: it used to live here
+from eca_jax.train.sharding import gather_params
 from eca_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -79,6 +80,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable,
                              micro_index(state.opt_state))
 
     def loss_fn(params):
+        params = gather_params(params)  # FSDP's all-gather under Explicit mesh axes (else as is)
         logits, new_stats = _forward_train(apply_fn, params, state.batch_stats, batch["image"],
                                            rng, bn_groups)
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
