@@ -210,6 +210,9 @@ class EvalIterator:
         source, offset, transform = self._reader.source, self._reader.shard_offset, self._transform
         index = np.concatenate([np.arange(source.num_examples), np.full(self._padding, -1)]).astype(np.int64)
 
+        # Plain TF ops, no Python control flow: AutoGraph has nothing to convert here, and its closure
+        # check warns on this function ("could not transform ... closure mismatch") on every run.
+        @tf.autograph.experimental.do_not_convert
         def prepare_batch(index):
             real = index >= 0
             example = source.gather(tf.maximum(index, 0))

@@ -52,8 +52,8 @@ KNOWN_DATASETS = {
 # The ImageNet train pipeline's throughput per host core, as the trainer runs it (uint8 images,
 # normalized in the step): `python experiments/bench_input.py --cores 2 --num_images 200
 # --repeat 5 --steps 30 --batch_size 64` on synthetic 500x375 JPEGs (~ImageNet's mean size),
-# AMD EPYC, 2 cores, 2026-11-30 (see the README's input-throughput section).
-INPUT_IMAGES_PER_CPU_SECOND = 317.0
+# AMD EPYC, 2 cores, nothing else running, 2026-11-30 (see the README's input-throughput section).
+INPUT_IMAGES_PER_CPU_SECOND = 300.0
 INPUT_BENCH_SOURCE = "experiments/bench_input.py (uint8 pipeline, synthetic 500x375 JPEGs, AMD EPYC, 2 cores)"
 
 
