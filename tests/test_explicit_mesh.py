@@ -196,7 +196,9 @@ def _user_run(name: str, size: int, axis_type):
 # Measured on 2 cores shared with other jobs (three compiles each): eca_mobilenet_v2 99 s, ecaresnet26t
 # 63 s, eca_resnet50 ~150 s (98 s with two compiles).
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("eca_resnet50", 32), ("ecaresnet26t", 32), ("eca_mobilenet_v2", 32)])
+# eca_resnet50 (109 s in the CI run of 2026-11-30) left out: ecaresnet26t at 32 px has the same
+# kernel paths (1x1 dots, stem max pool, im2col on the 1x1 maps of stage 4) besides ResNet-D's.
+@pytest.mark.parametrize("name,size", [("ecaresnet26t", 32), ("eca_mobilenet_v2", 32)])
 def test_user_train_step_under_jax_default_explicit_mesh(name, size):
     """A user's own step on ``jax.make_mesh``'s default (Explicit) mesh trains every kernel path:
     ECA-ResNet-50 (1x1 dots, max pool, im2col on the 1x1 maps of a 32 px input), ECA-ResNet-26t

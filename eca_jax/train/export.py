@@ -8,7 +8,8 @@ the mesh, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``)
     config = make_config(model="eca_resnet50", dataset="imagenet2012", image_size=224,
                          batch_size=64, mesh=dict(data=4, fsdp=2), dtype="bfloat16")
     exported = export_steps(config, platforms=("tpu", "cuda"))  # {"train": Exported, "eval": ...}
-    blob = exported["train"].serialize()   # jax.export.deserialize(blob).call(state, batch)
+    text = exported["train"].mlir_module()   # StableHLO; exported["eval"].serialize() for a blob
+    # (serializing the train step needs optax's state types registered with jax.export first)
 
 shows before a pod is booked that the steps lower for its platform (shapes, shardings, dtypes,
 collectives), and gives the StableHLO to inspect. The steps are those the loop runs
