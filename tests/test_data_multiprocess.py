@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,16 +15,12 @@ import pytest
 
 from eca_jax import data
 from eca_jax.data import digits as digits_lib
+from train_helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_worker.py")
 NUM_PROCESSES = 2
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def worker_results(tmp_path_factory) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    port = _free_port()
+    port = free_port()
     outs = [str(root / f"process_{i}.json") for i in range(NUM_PROCESSES)]
     procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(NUM_PROCESSES), str(port), data_dir, outs[i]],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from eca_jax import data
 from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, committed_steps, load_variables, resolve_step_dir
 from eca_jax.data import digits as digits_lib
 from eca_jax.train.loop import train_and_evaluate
-from train_helpers import MULTIHOST_OVERRIDES, SMOKE_CONFIG, EmulatedHosts, smoke_config
+from train_helpers import MULTIHOST_OVERRIDES, SMOKE_CONFIG, EmulatedHosts, free_port, smoke_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +43,6 @@ LAUNCH_TIMEOUT_S = 280
 
 
 # ----------------------------------------------------------------------------- launching
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +105,7 @@ class Hosts:
 
 def launch_cli(env, workdir, log_dir, n: int = HOSTS, overrides: dict | None = None) -> Hosts:
     """``python -m eca_jax.train`` as n processes of one run (2 devices each)."""
-    port = _free_port()
+    port = free_port()
     cmds = [[sys.executable, "-m", "eca_jax.train", "--config", SMOKE_CONFIG, "--workdir", str(workdir),
              *_config_flags(overrides or _overrides(env)),
              f"--coordinator_address=127.0.0.1:{port}", f"--coordinator_bind_address=127.0.0.1:{port}",
@@ -341,7 +335,7 @@ def test_checkpoint_of_four_hosts_restores_on_one_and_two_processes(env, four_ho
     result = train_and_evaluate(smoke_config(**one), str(restored["one"]), data_module=EmulatedHosts(HOSTS))
     assert result["step"] == 7
     two = _overrides(env, total_steps=7, progress="none", **{"mesh.fsdp": 4, "mesh.data": 1})
-    port = _free_port()
+    port = free_port()
     cmds = [[sys.executable, WORKER, "--workdir", str(restored["two"]), "--config", json.dumps(two),
              "--emulate_hosts", str(HOSTS), "--devices", "2", "--coordinator", f"127.0.0.1:{port}",
              "--num_processes", "2", "--process_id", str(i)] for i in range(2)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -108,11 +107,6 @@ def wait_for(predicate, timeout=180.0, proc=None, what=""):
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

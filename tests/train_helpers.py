@@ -9,6 +9,7 @@ net can learn them (not all-zero, not trivially separable by the mean alone).
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from typing import Any, Iterator
 
@@ -222,3 +223,10 @@ def smoke_config(**overrides):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a coordinator the test processes connect to)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

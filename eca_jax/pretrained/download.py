@@ -13,12 +13,12 @@ Offline (``HF_HUB_OFFLINE=1``) or without network, a file that is not on disk ra
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
 from typing import Optional
 
+from eca_jax.checkpoints.torch_files import sha256
 from eca_jax.pretrained import cache
 from eca_jax.pretrained.errors import IntegrityError, NotCachedError, PretrainedError
 from eca_jax.pretrained.manifest import HUB, MANUAL, Weights
@@ -46,14 +46,6 @@ def not_cached(entry: Weights, why: str) -> NotCachedError:
         f"{why}: pretrained weights {entry.name} ({entry.filename}, from {entry.where}) are not in the cache "
         f"{cache.root()}. {how[0].upper() + how[1:]}, or pass pretrained='/path/to/{entry.filename}', or set "
         f"{cache.ENV} to a cache that has them.")
-
-
-def sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check(path: str, entry: Weights, served_sha256: Optional[str] = None, quarantine: bool = True) -> str:

@@ -24,6 +24,7 @@ mesh's device count (8 devices for data=4 x fsdp=2): call it on a mesh of that s
 from __future__ import annotations
 
 import re
+import types
 from typing import Any, Sequence
 
 import jax
@@ -40,7 +41,7 @@ class _SizesOnly:
     nothing read."""
 
     def __init__(self, num_classes: int, num_train: int):
-        self.info = type("DatasetSizes", (), {"num_classes": num_classes, "num_train": num_train})()
+        self.info = types.SimpleNamespace(num_classes=num_classes, num_train=num_train)
 
     def dataset_info(self, *_: Any, **__: Any) -> Any:
         return self.info
