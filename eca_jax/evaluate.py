@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: ``python -m eca_jax.evaluate --workdir DIR [--best | --step N]``,
+"""Evaluate a checkpoint: ``python -m eca_jax.evaluate --workdir DIR [--best | --step N] [--ema]``,
 ``--checkpoint DIR/checkpoints/STEP``, ``--checkpoint CONVERTED_DIR`` (``eca_jax.convert``'s
 output) or ``--checkpoint FILE.pth.tar|.safetensors`` (PyTorch weights, converted in memory) or
 ``--checkpoint pretrained://NAME[.TAG]`` (published weights, :mod:`eca_jax.pretrained`); the
@@ -8,7 +8,7 @@ last two are evaluated on imagenet2012 unless ``--dataset`` says otherwise. Read
 Restores params and batch statistics only (no optimizer state), data-parallel over all
 devices, on the eval split of the dataset the checkpoint was trained on (``--dataset`` and
 friends override). The last line printed is a JSON object:
-``{"top1", "top5", "loss", "num_examples", "step", "model", "dataset", "checkpoint", "eval_input"}``
+``{"top1", "top5", "loss", "num_examples", "step", "ema", "model", "dataset", "checkpoint", "eval_input"}``
 (``eval_input``: the image_size, resize_size, interpolation, mean and std the eval pipeline used;
 ``step`` is null for a converted checkpoint or PyTorch file).
 
@@ -31,6 +31,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (latest or -
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A step directory, converted directory or PyTorch file.")
 _BEST = flags.DEFINE_bool("best", False, "Use the checkpoint with the best eval top-1.")
 _STEP = flags.DEFINE_integer("step", None, "Use this step.")
+_EMA = flags.DEFINE_bool("ema", False, "Use the run's exponential moving average of the weights "
+                         "(trained with config.ema_decay).")
 _DATASET = flags.DEFINE_string("dataset", None, "Override the dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "tfds manual_dir (ImageNet).")
@@ -47,7 +49,7 @@ _SAVED_KEYS = ("model", "model_kwargs", "dtype", "dataset", "data_dir", "manual_
                "std", "batch_size", "eval_batch_size")
 
 
-def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = None,
+def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = None, ema: bool = False,
                         overrides: dict[str, Any] | None = None,
                         data_module: Any = None) -> dict[str, Any]:
     """Metrics of the checkpoint at ``path`` (workdir, checkpoints dir, step dir or converted dir).
@@ -70,7 +72,7 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
         from eca_jax import data as data_module  # noqa: PLC0415
     from eca_jax import pretrained  # noqa: PLC0415
     # A pretrained spec brings the input settings of its weights (signature.input_settings).
-    loaded = pretrained.load_spec(path) if pretrained.is_spec(path) else load(path, best=best, step=step)
+    loaded = pretrained.load_spec(path) if pretrained.is_spec(path) else load(path, best=best, step=step, ema=ema)
     config = make_config(**_config_keys(loaded.signature, overrides or {}))
     mesh = sharding.make_mesh(-1, 1)
     batch = config.eval_batch_size or config.batch_size
@@ -83,7 +85,7 @@ def evaluate_checkpoint(path: str, *, best: bool = False, step: int | None = Non
     metrics = evaluate_dataset(jax.jit(make_eval_step(model.apply)), variables, data_module, config,
                                sharding.batch_sharding(mesh), batch, with_input=True)
     settings = metrics.pop("input", None)
-    return {**metrics, "step": loaded.step, "model": config.model, "dataset": config.dataset,
+    return {**metrics, "step": loaded.step, "ema": ema, "model": config.model, "dataset": config.dataset,
             "checkpoint": loaded.where, "eval_input": settings}
 
 
@@ -120,7 +122,8 @@ def main(argv: list[str]) -> None:
                  "image_size": _IMAGE_SIZE.value, "eval_resize_size": _RESIZE.value,
                  "eval_crop_pct": _CROP_PCT.value, "eval_interpolation": _INTERPOLATION.value}
     try:
-        result = evaluate_checkpoint(path, best=_BEST.value, step=_STEP.value, overrides=overrides)
+        result = evaluate_checkpoint(path, best=_BEST.value, step=_STEP.value, ema=_EMA.value,
+                                     overrides=overrides)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         sys.exit(f"error: {e}")
     print(json.dumps(result))

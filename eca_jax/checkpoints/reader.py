@@ -56,23 +56,24 @@ class Loaded:
 
 
 def load(path: str | os.PathLike, arch: Optional[str] = None, *, best: bool = False,
-         step: Optional[int] = None) -> Loaded:
+         step: Optional[int] = None, ema: bool = False) -> Loaded:
     """Reads the checkpoint at ``path`` (see the module docstring for what it may be).
 
     arch: for a PyTorch file, force the architecture (default: inferred from the keys). best / step:
     for a training workdir, the step with the best eval top-1 / this step (default: the latest).
+    ema: a training checkpoint's exponential moving average of the weights (``config.ema_decay``).
     Raises FileNotFoundError (no such path or step), CheckpointReadError (corrupt metadata, best
     without eval metrics, steps asked of a file without steps), ConversionError (an unreadable or
     unknown PyTorch file), ShapeMismatchError (stored variables that do not fit their model).
     """
     path = absolute_path(path)
-    if (best or step is not None) and (converted.is_converted_dir(path) or os.path.isfile(path)):
+    if (best or step is not None or ema) and (converted.is_converted_dir(path) or os.path.isfile(path)):
         raise CheckpointReadError(f"{path} is a converted checkpoint or a PyTorch file: it has no steps "
-                                  "(drop --best/--step).")
+                                  "and no EMA (drop --best/--step/--ema).")
     if converted.is_converted_dir(path):
         return _load_converted(path)
     if os.path.isdir(path):
-        return _load_training(path, best=best, step=step)
+        return _load_training(path, best=best, step=step, ema=ema)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint path {path} does not exist.")
     return _load_torch(path, arch)
@@ -93,13 +94,13 @@ def _load_converted(path: str) -> Loaded:
     return Loaded(module, variables, signature, "converted", path, metadata=metadata)
 
 
-def _load_training(path: str, *, best: bool, step: Optional[int]) -> Loaded:
+def _load_training(path: str, *, best: bool, step: Optional[int], ema: bool = False) -> Loaded:
     step_dir = training.resolve_step_dir(path, best=best, step=step)
     stored = training.step_signature(step_dir)
     if not stored.get("model"):
         raise CheckpointReadError(f"{step_dir} has no model metadata; was it written by eca_jax.train?")
     signature = ModelSignature.from_training(stored)
-    module, variables = _checked(signature, training.load_variables(step_dir), str(step_dir))
+    module, variables = _checked(signature, training.load_variables(step_dir, ema=ema), str(step_dir))
     return Loaded(module, variables, signature, "training", str(step_dir), int(step_dir.name), stored)
 
 

@@ -129,15 +129,25 @@ def variables_shapes(step_dir: str | os.PathLike) -> dict[str, Any]:
             for k in ("params", "batch_stats")}
 
 
-def load_variables(step_dir: str | os.PathLike) -> dict[str, Any]:
-    """{"params", "batch_stats"} of a step as host numpy arrays (the optimizer state is skipped)."""
+def load_variables(step_dir: str | os.PathLike, *, ema: bool = False) -> dict[str, Any]:
+    """{"params", "batch_stats"} of a step as host numpy arrays (the optimizer state is skipped).
+
+    ``ema``: the exponential moving average saved beside them (``config.ema_decay``) instead;
+    CheckpointReadError when the run kept none."""
     step_dir = epath.Path(absolute_path(step_dir))
     tree = _state_tree_metadata(step_dir)
+    if ema:
+        if not tree.get("ema"):
+            raise CheckpointReadError(f"{step_dir} has no EMA weights: the run was trained without "
+                                      "config.ema_decay (drop --ema to use its weights).")
+        tree = tree["ema"]
     target = {k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree[k])
               for k in ("params", "batch_stats") if k in tree}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+        step_dir / "state", args=ocp.args.PyTreeRestore(
+            item={"ema": target} if ema else target,
+            restore_args={"ema": restore_args} if ema else restore_args, partial_restore=True))
+    restored = dict(restored["ema"] if ema else restored)
     restored.setdefault("batch_stats", {})
     return restored

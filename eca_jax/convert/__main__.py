@@ -5,6 +5,7 @@
     python -m eca_jax.convert eca_resnet50_k3557.pth.tar ckpt/eca_r50_10cls --num-classes 10
     python -m eca_jax.convert ckpt/eca_resnet50 eca_resnet50.pth --to torch --verify
     python -m eca_jax.convert workdir/ my_model.safetensors --to torch      # a training run's latest step
+    python -m eca_jax.convert workdir/ my_model_ema.pth --to torch --ema    # ... its EMA weights
 
 Exit status: 0 done, 1 the conversion or the verification failed (nothing written), 2 bad
 arguments (e.g. an unknown --arch).
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="new classifier size (keeps the backbone, new random head)")
     p.add_argument("--to", choices=("flax", "torch"), default="flax", help="direction (default: flax)")
     p.add_argument("--format", choices=("pth", "safetensors"), help="--to torch file format (default: from DST's name)")
+    p.add_argument("--ema", action="store_true", help="--to torch from a training run: export its exponential "
+                   "moving average of the weights (trained with config.ema_decay)")
     p.add_argument("--verify", action="store_true", help="compare logits of both frameworks on a random batch")
     p.add_argument("--verify-size", type=int, default=224, help="image size for --verify (default 224)")
     p.add_argument("--verify-batch", type=int, default=2, help="batch size for --verify (default 2)")
@@ -104,7 +107,7 @@ def to_torch(args: argparse.Namespace) -> None:
         raise ConversionError(f"{args.src}: with --to torch, SRC must be a directory written by eca_jax.convert "
                               "or a training workdir / checkpoint step.")
     try:
-        loaded = load(args.src)
+        loaded = load(args.src, ema=args.ema)
     except (FileNotFoundError, CheckpointError) as e:
         raise ConversionError(str(e)) from None
     module, variables, name = loaded.module, loaded.variables, loaded.signature.model

@@ -64,8 +64,10 @@ class TrainIterator:
     """Infinite iterator of global train batches; ``get_state()`` is its JSON-serialisable position."""
 
     def __init__(self, reader: Reader, *, sharding, global_batch_size: int, local_batch_size: int, seed: int,
-                 augment: str, transform: Callable, num_parallel_calls, prefetch: int, state: Optional[dict]):
+                 augment: str, transform: Callable, num_parallel_calls, prefetch: int, state: Optional[dict],
+                 per_example: bool = False):
         self._reader, self._transform, self._augment = reader, transform, augment
+        self._per_example = per_example
         self._global_batch, self._local_batch = global_batch_size, local_batch_size
         self._seed, self._num_parallel_calls = int(seed), num_parallel_calls
         self._shuffle_seed = _derive_seed(self._seed, reader.process_index, 0)
@@ -112,7 +114,7 @@ class TrainIterator:
         """Infinite stream of local batches from the in-memory shard, starting at (epoch, step)."""
         source, b, transform, augment_seed = self._reader.source, self._local_batch, self._transform, self._augment_seed
         ds = source.index_stream(self._shuffle_seed, epoch, step * b, self.steps_per_epoch * b)
-        if self._augment == "none":  # no randomness: gather and resize whole batches at once
+        if self._augment == "none" and not self._per_example:  # no randomness: resize whole batches
             def prepare_batch(epochs, positions, index):
                 example = source.gather(index)
                 return {"image": transform(example["image"], None, name=""),
@@ -272,7 +274,8 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
                         interpolation: str = "bilinear", cache: Any = "auto", shuffle_buffer_size: int = 10_000,
                         num_parallel_calls: Optional[int] = None, num_threads: Optional[int] = None,
                         prefetch: int = 2, mean: Optional[Sequence[float]] = None,
-                        std: Optional[Sequence[float]] = None, image_format: str = "float32") -> TrainIterator:
+                        std: Optional[Sequence[float]] = None, image_format: str = "float32",
+                        randaugment: Any = None, random_erasing: float = 0.0) -> TrainIterator:
     """Infinite, seeded, resumable stream of global train batches (see the module docstring).
 
     Args:
@@ -290,6 +293,10 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
         Give the model's (``ModelCfg.mean``/``std``) so that training and eval normalize alike.
       image_format: ``"float32"`` (normalized) or ``"uint8"`` (whole grey levels, not normalized:
         normalize inside the jitted step with ``eca_jax.data.on_device.normalize_images``).
+      randaugment: timm's RandAugment string (e.g. ``"rand-m9-mstd0.5-inc1"``, see
+        ``parse_randaugment``) or a ``RandAugmentSpec``; None: off.
+      random_erasing: probability of timm's random erasing (mode "pixel"); 0: off. Both keep the
+        stream resumable; with ``augment="none"`` they follow the plain resize (no flip), per example.
     Returns a ``TrainIterator`` yielding ``{"image": float32 (B, S, S, 3), "label": int32 (B,)}``.
     """
     transforms.check_image_format(image_format)
@@ -297,21 +304,25 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
     mean, std = transforms.resolve_normalization(mean, std)
     if augment is not None and augment not in transforms.AUGMENTS:
         raise ValueError(f"Unknown augment {augment!r}; choose one of {transforms.AUGMENTS}.")
+    transforms.check_extras(augment or transforms.AUGMENTS[0], randaugment, random_erasing)  # before any reading
     local_batch = reading.local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
     info = datasets.dataset_info_from_builder(name, builder)
     augment = info.augment if augment is None else augment
+    randaugment = transforms.check_extras(augment, randaugment, random_erasing)
     reader = Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
                     num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
 
     def transform(image, key, name):
         return transforms.train_transform(image, key, image_size=image_size, augment=augment,
                                           interpolation=interpolation, mean=mean, std=std, name=name,
-                                          image_format=image_format)
+                                          image_format=image_format, randaugment=randaugment,
+                                          random_erasing=random_erasing)
 
     return TrainIterator(reader, sharding=sharding, global_batch_size=global_batch_size, local_batch_size=local_batch,
                          seed=seed, augment=augment, transform=transform, num_parallel_calls=num_parallel_calls,
-                         prefetch=prefetch, state=state)
+                         prefetch=prefetch, state=state,
+                         per_example=transforms.has_extras(randaugment, random_erasing))
 
 
 def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int, sharding: jax.sharding.Sharding,

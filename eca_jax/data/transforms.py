@@ -9,6 +9,8 @@ default). An encoded image is a scalar ``tf.string`` (JPEG, PNG, GIF, BMP or Web
   ``image_size``, random horizontal flip. For a JPEG only the crop window is decoded
   (``tf.image.decode_and_crop_jpeg``). Randomness comes from stateless ops and an explicit
   ``seed`` (shape (2,)), so the result depends only on the seed, never on thread scheduling.
+  ``randaugment`` (e.g. ``"rand-m9-mstd0.5-inc1"``) and ``random_erasing`` (a probability) add timm's
+  RandAugment (after the flip) and random erasing (after normalisation): module train_extras.
 - ``train_transform``, ``augment="none"``: resize the whole image to ``image_size`` (small
   datasets such as digits, where crops and flips would change the class).
 - ``eval_transform``: torchvision's ``Resize(resize_size) + CenterCrop(image_size)``: the shorter
@@ -31,6 +33,8 @@ import numpy as np
 
 from eca_jax.constants import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from eca_jax.data._tf import tf
+from eca_jax.data.randaugment import RandAugmentSpec
+from eca_jax.data.train_extras import augment_grey_levels, check_extras, erase, has_extras
 
 AUGMENTS = ("inception_crop_flip", "none")
 # What the pipelines ship: "float32" normalized images, or "uint8" whole grey levels that the
@@ -264,24 +268,38 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, *, image_size: int, augme
                     interpolation: str = "bilinear", antialias: bool = False,
                     area_range=(0.08, 1.0), ratio_range=(3 / 4, 4 / 3),
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    name: Union[tf.Tensor, str] = "", image_format: str = "float32") -> tf.Tensor:
+                    name: Union[tf.Tensor, str] = "", image_format: str = "float32",
+                    randaugment: Union[str, RandAugmentSpec, None] = None,
+                    random_erasing: float = 0.0) -> tf.Tensor:
     """Training transform of one image (encoded tf.string or uint8 HWC) -> float32 (image_size, image_size, 3).
 
     ``seed``: int32/int64 (2,), the only source of randomness (stateless ops; unused by "none").
     With ``augment="none"`` a uint8 batch (N, H, W, 3) may be given as well.
     ``image_format="uint8"``: the resized grey levels rounded to uint8 instead, not normalized
     (as PIL's uint8 resize in the torchvision recipe; at most 0.5 grey level from the float32 path).
+    ``randaugment`` / ``random_erasing``: timm's RandAugment (string or spec) and random erasing
+    (probability), after the crop and flip (or the plain resize of "none", one image at a time); with
+    either, float32 images are whole grey levels normalised (as timm's PIL), see ``train_extras``.
     """
     check_interpolation(interpolation)
+    spec = check_extras(augment, randaugment, random_erasing)
     if augment == "inception_crop_flip":
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
         crop = inception_crop(image, crop_seed, area_range=area_range, ratio_range=ratio_range, name=name)
         out = tf.image.resize(crop, [image_size, image_size], method=interpolation, antialias=antialias)
+        if has_extras(spec, random_erasing):
+            image = augment_grey_levels(out, seed, flip_seed, spec, interpolation, mean)
+            return erase(finish(image, image_format, mean, std), seed, random_erasing,
+                         image_format=image_format, mean=mean, std=std)
         # Flipped last, on the shipped (smallest) tensor: clip, round and normalize commute with it.
         return tf.image.stateless_random_flip_left_right(finish(out, image_format, mean, std), flip_seed)
     if augment == "none":
         decoded = decode_rgb(image, name, accurate=False) if image.dtype == tf.string else _as_rgb(image)
         out = tf.image.resize(decoded, [image_size, image_size], method=interpolation, antialias=True)
+        if has_extras(spec, random_erasing):  # one image at a time (the pipeline maps per example)
+            image = augment_grey_levels(out, seed, None, spec, interpolation, mean)
+            return erase(finish(image, image_format, mean, std), seed, random_erasing,
+                         image_format=image_format, mean=mean, std=std)
         return finish(out, image_format, mean, std)
     raise ValueError(f"Unknown augment {augment!r}; choose one of {AUGMENTS}.")
 

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model files: PyTorch-equivalent conv, BatchNorm, pooling, head.
+"""Building blocks shared by the model files: PyTorch-equivalent conv, BatchNorm, pooling, head,
+and the training-time regularisers (dropout, stochastic depth).
 
 Every layer here reproduces PyTorch numerics: explicit symmetric padding (never 'SAME', which pads
 (0, 1) at stride 2 on even sizes), BatchNorm eps 1e-5 with PyTorch momentum 0.1 (Flax 0.9), the
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions, max_pool_shifted, on_cpu
-from eca_jax.kernels.sharding import explicit_sharding
+from eca_jax.kernels.sharding import explicit_sharding, explicit_sharding_from
 from eca_jax.nn.attention import torch_linear_init
 from eca_jax.nn.fused import BatchNormAct
 
@@ -93,6 +94,68 @@ class Dropout(nn.Dropout):
         rng = self.make_rng(self.rng_collection) if rng is None else rng
         mask = jax.random.bernoulli(rng, keep, inputs.shape, out_sharding=sharding)
         return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+def check_rate(name: str, rate: Any) -> None:
+    """Requires a drop probability ``0 <= rate <= 1`` (a real number, not a bool); names ``name`` otherwise."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {rate!r}")
+
+
+def drop_path_rates(num_blocks: int, rate: float, *, last_gets_full_rate: bool = True) -> tuple[float, ...]:
+    """Per-block stochastic-depth rates, growing linearly from 0 over a network's residual blocks.
+
+    Block i (0-based, counted over all stages) gets ``rate * i / (num_blocks - 1)`` (timm's ResNet:
+    the last block gets ``rate``; a single block gets 0) or, with ``last_gets_full_rate=False``,
+    ``rate * i / num_blocks`` (timm's EfficientNet builder, which builds its MobileNetV2).
+    """
+    check_rate("drop_path_rate", rate)
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"drop_path_rates: num_blocks must be a positive int, got {num_blocks!r}")
+    denominator = max(num_blocks - 1, 1) if last_gets_full_rate else num_blocks
+    return tuple(rate * i / denominator for i in range(num_blocks))
+
+
+def drop_path(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Stochastic depth on a batch of residual-branch outputs (timm's ``drop_path``): each example
+    (axis 0) is zeroed with probability ``rate`` and otherwise scaled by ``1 / (1 - rate)``, so the
+    expected value is ``x``.
+
+    x: (B, ...) any float dtype (kept); key: a PRNG key. One Bernoulli draw per example, mask
+    shape (B, 1, ..., 1). Under an Explicit mesh the mask is drawn with the batch axis's sharding
+    (as :class:`Dropout`'s mask; the same bits as without a mesh, threefry keys being partitionable).
+    ``rate == 0`` returns ``x`` itself and ``rate == 1`` zeros, without drawing.
+    """
+    check_rate("drop_path rate", rate)
+    if rate == 0.0:
+        return x
+    if rate == 1.0:
+        return jnp.zeros_like(x)
+    keep = 1.0 - rate
+    batch_only = (0,) + (None,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1),
+                                out_sharding=explicit_sharding_from(x, batch_only))
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (:func:`drop_path`) on a residual branch, in training only.
+
+    Identity when ``deterministic`` (eval) or ``rate == 0`` (no RNG drawn then); otherwise the
+    key comes from the ``rng_collection`` stream ("dropout", as :class:`Dropout`), so the
+    caller passes ``rngs={"dropout": key}``. No variables.
+    """
+    rate: float
+    deterministic: Optional[bool] = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: Optional[bool] = None) -> jax.Array:
+        check_rate("DropPath rate", self.rate)
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or self.rate == 0.0:
+            return x
+        return drop_path(x, self.rate, self.make_rng(self.rng_collection))
 
 
 def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:

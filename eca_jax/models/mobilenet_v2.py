@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions
-from eca_jax.models.layers import Dropout, batch_norm, check_image_batch, classifier, conv2d, global_pool
+from eca_jax.models.layers import (DropPath, Dropout, batch_norm, check_image_batch, check_rate, classifier, conv2d,
+                                   drop_path_rates, global_pool)
 from eca_jax.models.tail import block_tail
 from eca_jax.nn.attention import make_attention, resolve_attention
 from eca_jax.nn.eca import eca_kernel_size
@@ -67,6 +68,8 @@ class InvertedResidual(nn.Module):
     "eca" with its k) in the same slot, e.g. SE with r = 8 for the paper's Table 3.
     The tail (BN, ECA, + x) is :func:`eca_jax.models.tail.block_tail` with no activation.
     ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
+    ``drop_path_rate``: stochastic depth in training on blocks with the identity shortcut (as timm's
+    InvertedResidual: :class:`DropPath` "drop_path" after the attention, before ``+ x``).
     """
     out_channels: int
     hidden: int
@@ -77,6 +80,7 @@ class InvertedResidual(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -92,8 +96,11 @@ class InvertedResidual(nn.Module):
         attention = make_attention(self.attn, name=f"conv.{index + 3}", param_dtype=self.param_dtype, train=train,
                                    **(self.attn_kwargs or {}))   # None when self.attn is None
         shortcut = x if self.stride == 1 and x.shape[-1] == self.out_channels else None
-        # The paper's order: projection BN -> ECA -> + x (no activation after the projection).
-        return block_tail(norm(name=f"conv.{index + 2}"), attention, z, shortcut, act=None, impl=self.impl)
+        if shortcut is None or not train or self.drop_path_rate == 0.0:
+            # The paper's order: projection BN -> ECA -> + x (no activation after the projection).
+            return block_tail(norm(name=f"conv.{index + 2}"), attention, z, shortcut, act=None, impl=self.impl)
+        branch = block_tail(norm(name=f"conv.{index + 2}"), attention, z, None, act=None, impl=self.impl)
+        return DropPath(self.drop_path_rate, name="drop_path")(branch, deterministic=False) + shortcut
 
 
 class MobileNetV2(nn.Module):
@@ -107,8 +114,11 @@ class MobileNetV2(nn.Module):
         block's output channels); a k-sweep row ("ECA-k5") brings its own k.
       impl: implementation switches (:class:`eca_jax.kernels.ImplOptions`; same parameters and
         results, only the speed differs).
-    Call: ``apply(variables, x, train=False, return_features=False)``; in training, Dropout needs
-    ``rngs={"dropout": key}``. Returns float32 logits or {"C2".."C5"} (strides 4, 8, 16, 32).
+      drop_path_rate: stochastic depth in training: block i of the 17 (from 0) drops its branch with
+        probability ``drop_path_rate * i / 17`` (timm's EfficientNet-builder rule), only on blocks
+        with an identity shortcut.
+    Call: ``apply(variables, x, train=False, return_features=False)``; in training, Dropout and
+    DropPath need ``rngs={"dropout": key}``. Returns float32 logits or {"C2".."C5"} (strides 4, 8, 16, 32).
     """
     num_classes: int = 1000
     width_mult: float = 1.0
@@ -120,6 +130,7 @@ class MobileNetV2(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
+    drop_path_rate: float = 0.0
 
     def _channels(self, c: float) -> int:
         return int(c * self.width_mult) if self.layout == "release" else make_divisible(c * self.width_mult)
@@ -154,6 +165,9 @@ class MobileNetV2(nn.Module):
         norm = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
         in_channels = self._channels(32)
         x = norm(name="features.0.1")(conv(in_channels, 3, 2, name="features.0.0")(x.astype(self.dtype)), act="relu6")
+        check_rate("MobileNetV2 drop_path_rate", self.drop_path_rate)
+        block_drop_path = drop_path_rates(sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTINGS), self.drop_path_rate,
+                                          last_gets_full_rate=False)
         features, index = {}, 1
         for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
             out_channels = self._channels(c)
@@ -162,7 +176,7 @@ class MobileNetV2(nn.Module):
                 x = InvertedResidual(out_channels, int(round(in_channels * t)), s if repeat == 0 else 1,
                                      expand=t != 1, attn=attn, attn_kwargs=attn_kwargs, dtype=self.dtype,
                                      param_dtype=self.param_dtype, impl=self.impl,
-                                     name=f"features.{index}")(x, train)
+                                     drop_path_rate=block_drop_path[index - 1], name=f"features.{index}")(x, train)
                 if index in FEATURE_INDICES:
                     features[FEATURE_INDICES[index]] = x
                 in_channels, index = out_channels, index + 1

@@ -21,6 +21,10 @@ exactly so; the tail is :func:`eca_jax.models.tail.block_tail`, which by default
 fused BatchNorm op (:mod:`eca_jax.nn.fused`, faster on CPU) and with
 ``impl=ImplOptions(fused_block_tail=False)`` layer by layer (``ECA.__call__`` etc.); both have the
 same variables and results.
+
+Stochastic depth (``drop_path_rate``, timm's per-block rule) drops the whole branch of an example
+after the attention, before ``+ shortcut`` (where timm's blocks apply ``self.drop_path``), in
+training only; the block then runs the tail without the add and adds the shortcut itself.
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from eca_jax.kernels import ImplOptions
-from eca_jax.models.layers import (avg_pool_2x2_ceil, batch_norm, check_image_batch, classifier, conv2d,
-                                   global_pool, max_pool_3x3_s2)
+from eca_jax.models.layers import (DropPath, Dropout, avg_pool_2x2_ceil, batch_norm, check_image_batch, check_rate,
+                                   classifier, conv2d, drop_path_rates, global_pool, max_pool_3x3_s2)
 from eca_jax.models.tail import block_tail
 from eca_jax.nn.attention import make_attention, resolve_attention
 from eca_jax.nn.rows import find_row
@@ -85,6 +89,8 @@ class ResidualBlock(nn.Module):
     Shortcut: ``"conv"`` = 1x1 strided conv + BN (``downsample.0/.1``), ``"avg"`` = ResNet-D's
     2x2 ceil-mode average pool (when strided) + 1x1 conv + BN (``downsample.1/.2``), None = identity.
     ``impl``: the implementation switches of its convs and BatchNorms (:class:`eca_jax.kernels.ImplOptions`).
+    ``drop_path_rate``: stochastic depth of the residual branch in training (:class:`DropPath`, scope
+    "drop_path", RNG stream "dropout"), after the attention and before the shortcut add, as timm.
     """
     kind: str
     planes: int
@@ -97,6 +103,7 @@ class ResidualBlock(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
+    drop_path_rate: float = 0.0
 
     def _shortcut(self, x: jax.Array, conv: Callable, norm: Callable, out_channels: int) -> jax.Array:
         """x itself, or the downsample branch (conv + BN, ResNet-D: avg pool + conv + BN)."""
@@ -122,9 +129,13 @@ class ResidualBlock(nn.Module):
             z, last_bn = conv(out_channels, 3, name="conv2")(y), "bn2"
         attention = make_attention(self.attn, name=self.attn_scope, dtype=self.dtype, param_dtype=self.param_dtype,
                                    train=train, **(self.attn_kwargs or {}))   # None when self.attn is None
-        # The paper's order: last BN -> attention -> + shortcut -> ReLU.
-        return block_tail(norm(name=last_bn, zero_init=self.zero_init_last_bn), attention, z, shortcut,
-                          act="relu", impl=self.impl)
+        last_norm = norm(name=last_bn, zero_init=self.zero_init_last_bn)
+        if not train or self.drop_path_rate == 0.0:
+            # The paper's order: last BN -> attention -> + shortcut -> ReLU.
+            return block_tail(last_norm, attention, z, shortcut, act="relu", impl=self.impl)
+        # timm's order with stochastic depth: last BN -> attention -> drop path -> + shortcut -> ReLU.
+        branch = block_tail(last_norm, attention, z, None, act=None, impl=self.impl)
+        return jax.nn.relu(DropPath(self.drop_path_rate, name="drop_path")(branch, deterministic=False) + shortcut)
 
 
 class ResNet(nn.Module):
@@ -146,6 +157,12 @@ class ResNet(nn.Module):
       attn_kwargs: extra layer arguments (e.g. min_size=3 for timm's rule, reduction for SE).
       impl: implementation switches (:class:`eca_jax.kernels.ImplOptions`; same parameters and
         results, only the speed differs).
+      drop_path_rate: stochastic depth in training, block i of N (counted over all stages from 0)
+        dropping its residual branch with probability ``drop_path_rate * i / (N - 1)``
+        (:func:`eca_jax.models.layers.drop_path_rates`, timm's linear rule).
+      drop_rate: dropout on the pooled features before ``fc`` in training (timm's ``drop_rate``).
+    Both regularisers add no variables, are identity at eval and draw from the "dropout" RNG stream:
+    ``apply(..., train=True, rngs={"dropout": key}, mutable=["batch_stats"])`` when either is > 0.
     Call: ``apply(variables, x, train=False, return_features=False)``; x is (N, H, W, in_chans)
     float; returns float32 logits (N, num_classes) or a dict {"C2": ..., "C5": ...} of stage outputs
     (strides 4, 8, 16, 32 with the 224 stems).
@@ -166,6 +183,8 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: ImplOptions = ImplOptions()
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
 
     def _check_config(self) -> None:
         if self.block not in EXPANSION:
@@ -174,6 +193,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet stem must be one of {STEMS}, got {self.stem!r}")
         if len(self.layers) != len(self.widths):
             raise ValueError(f"layers {tuple(self.layers)} and widths {tuple(self.widths)} differ in length")
+        check_rate("ResNet drop_path_rate", self.drop_path_rate)
+        check_rate("ResNet drop_rate", self.drop_rate)
 
     def _stem(self, x: jax.Array, train: bool) -> jax.Array:
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.impl)
@@ -201,6 +222,7 @@ class ResNet(nn.Module):
         stage_k = attention_stage_k(self.attn, self.k_size, len(self.layers))
         x = self._stem(x.astype(self.dtype), train)
         in_channels = self.stem_width * (2 if self.stem.startswith("deep") else 1)
+        block_drop_path = iter(drop_path_rates(sum(self.layers), self.drop_path_rate))
         features = {}
         for stage, (num_blocks, planes) in enumerate(zip(self.layers, self.widths)):
             out_channels = planes * EXPANSION[self.block]
@@ -212,10 +234,10 @@ class ResNet(nn.Module):
                     shortcut=("avg" if self.avg_down else "conv") if needs_shortcut else None,
                     attn=self.attn, attn_scope=self.attn_scope, attn_kwargs=self._stage_attn_kwargs(stage_k[stage]),
                     zero_init_last_bn=self.zero_init_last_bn, dtype=self.dtype, param_dtype=self.param_dtype,
-                    impl=self.impl, name=f"layer{stage + 1}.{index}")(x, train)
+                    impl=self.impl, drop_path_rate=next(block_drop_path), name=f"layer{stage + 1}.{index}")(x, train)
                 in_channels = out_channels
             features[f"C{stage + 2}"] = x
         if return_features:
             return features
-        return classifier(self.num_classes, in_channels, name="fc", param_dtype=self.param_dtype)(
-            global_pool(x).astype(jnp.float32))
+        pooled = Dropout(self.drop_rate, deterministic=not train, name="head_drop")(global_pool(x).astype(jnp.float32))
+        return classifier(self.num_classes, in_channels, name="fc", param_dtype=self.param_dtype)(pooled)

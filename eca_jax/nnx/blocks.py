@@ -1,5 +1,5 @@
 """The zoo's building blocks as native ``flax.nnx`` modules: conv, BatchNorm, classifier, the block
-tail, ResNet's ``ResidualBlock`` and MobileNetV2's ``InvertedResidual`` (NHWC).
+tail, stochastic depth, ResNet's ``ResidualBlock`` and MobileNetV2's ``InvertedResidual`` (NHWC).
 
 They mirror :mod:`eca_jax.models.layers`, :mod:`eca_jax.models.tail`, :mod:`eca_jax.models.resnet`
 and :mod:`eca_jax.models.mobilenet_v2` one for one, with the same initialisers, the same
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from eca_jax.kernels import ImplOptions
-from eca_jax.models.layers import BN_EPSILON, BN_MOMENTUM, avg_pool_2x2_ceil, conv_fan_out_init
+from eca_jax.models.layers import (BN_EPSILON, BN_MOMENTUM, avg_pool_2x2_ceil, check_rate, conv_fan_out_init,
+                                   drop_path)
 from eca_jax.models.resnet import EXPANSION
 from eca_jax.models.tail import block_tail as shared_block_tail
 from eca_jax.nn.attention import torch_linear_init
@@ -74,18 +75,49 @@ def block_tail(norm: BatchNormAct, attention: Optional[nnx.Module], z: jax.Array
     return shared_block_tail(norm, attention, z, shortcut, act, impl, eca_types=(ECA,))
 
 
+class DropPath(nnx.Module):
+    """Stochastic depth on a residual branch: :func:`eca_jax.models.layers.drop_path` (the linen
+    ``DropPath``'s function) with keys from its own RNG stream, forked from ``rngs``'s "dropout"
+    stream like ``nnx.Dropout``'s. Active until ``model.eval()`` (``deterministic``); identity at
+    rate 0. Holds no ``nnx.Param``/``nnx.BatchStat`` (only its ``nnx.RngState``).
+    """
+
+    def __init__(self, rate: float, *, deterministic: bool = False, rng_collection: str = "dropout",
+                 rngs: nnx.Rngs):
+        check_rate("DropPath rate", rate)
+        self.rate, self.deterministic = rate, deterministic
+        self.rngs = rngs[rng_collection].fork()
+
+    @property
+    def active(self) -> bool:
+        """Whether a call draws a mask (training mode and rate > 0)."""
+        return not self.deterministic and self.rate > 0.0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (B, ...) -> same shape and dtype; each example kept (scaled by 1 / (1 - rate)) or zeroed."""
+        return drop_path(x, self.rate, self.rngs()) if self.active else x
+
+
+def make_drop_path(rate: float, rngs: nnx.Rngs) -> Optional[DropPath]:
+    """A :class:`DropPath` for ``rate > 0``, else None: a model without stochastic depth keeps its state
+    (no RNG stream) and its call unchanged."""
+    check_rate("drop_path_rate", rate)
+    return DropPath(rate, rngs=rngs) if rate > 0.0 else None
+
+
 class ResidualBlock(nnx.Module):
     """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) block: ``relu(attn(bn_last(conv_last(..))) + shortcut(x))``.
 
     Arguments as :class:`eca_jax.models.ResidualBlock`, plus ``in_channels``. Children: ``conv1``,
-    ``bn1``, ``conv2``, ``bn2`` [, ``conv3``, ``bn3``], the attention under ``attn_scope``, and the
-    shortcut ``downsample.0/.1`` ("conv") or ``downsample.1/.2`` ("avg", ResNet-D).
+    ``bn1``, ``conv2``, ``bn2`` [, ``conv3``, ``bn3``], the attention under ``attn_scope``, the
+    shortcut ``downsample.0/.1`` ("conv") or ``downsample.1/.2`` ("avg", ResNet-D), and with
+    ``drop_path_rate > 0`` a :class:`DropPath` ``drop_path`` (None otherwise).
     """
 
     def __init__(self, in_channels: int, kind: str, planes: int, stride: int = 1, shortcut: Optional[str] = None,
                  attn: Optional[str] = None, attn_scope: str = "eca", attn_kwargs: Optional[Mapping[str, Any]] = None,
                  zero_init_last_bn: bool = False, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 impl: ImplOptions = ImplOptions(), *, rngs: nnx.Rngs):
+                 impl: ImplOptions = ImplOptions(), drop_path_rate: float = 0.0, *, rngs: nnx.Rngs):
         out = planes * EXPANSION[kind]
         common = dict(dtype=dtype, param_dtype=param_dtype, impl=impl, rngs=rngs)
         self.kind, self.stride, self.shortcut, self.attn_scope, self.impl = kind, stride, shortcut, attn_scope, impl
@@ -108,6 +140,7 @@ class ResidualBlock(nnx.Module):
         self.has_attention = attention is not None
         if attention is not None:
             setattr(self, attn_scope, attention)
+        self.drop_path = make_drop_path(drop_path_rate, rngs)
 
     def _shortcut(self, x: jax.Array) -> jax.Array:
         if self.shortcut == "conv":
@@ -126,19 +159,23 @@ class ResidualBlock(nnx.Module):
         else:
             z, last_bn = self.conv2(y), self.bn2
         attention = getattr(self, self.attn_scope) if self.has_attention else None
-        return block_tail(last_bn, attention, z, shortcut, act="relu", impl=self.impl)
+        if self.drop_path is None or not self.drop_path.active:
+            return block_tail(last_bn, attention, z, shortcut, act="relu", impl=self.impl)
+        # As the linen block: last BN -> attention -> drop path -> + shortcut -> ReLU.
+        return jax.nn.relu(self.drop_path(block_tail(last_bn, attention, z, None, act=None, impl=self.impl)) + shortcut)
 
 
 class InvertedResidual(nnx.Module):
     """MobileNetV2's block: expand 1x1 (unless t == 1) -> depthwise 3x3 -> project 1x1 -> BN [-> ECA] [+ x].
 
     Children as :class:`eca_jax.models.InvertedResidual`: t != 1: ``conv.0.0/.1`` (expand), ``conv.1.0/.1``
-    (depthwise), ``conv.2`` (project), ``conv.3`` (BN), ``conv.4`` (ECA); t == 1: the indices less one.
+    (depthwise), ``conv.2`` (project), ``conv.3`` (BN), ``conv.4`` (ECA); t == 1: the indices less one;
+    ``drop_path`` (a :class:`DropPath` when ``drop_path_rate > 0`` and the block has its identity shortcut).
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int, stride: int, expand: bool,
                  eca_k: Optional[int] = None, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 impl: ImplOptions = ImplOptions(), *, rngs: nnx.Rngs):
+                 impl: ImplOptions = ImplOptions(), drop_path_rate: float = 0.0, *, rngs: nnx.Rngs):
         common = dict(dtype=dtype, param_dtype=param_dtype, impl=impl, rngs=rngs)
         index = 0
         if expand:
@@ -153,6 +190,7 @@ class InvertedResidual(nnx.Module):
             setattr(self, f"conv.{index + 3}", ECA(out_channels, eca_k, param_dtype=param_dtype, rngs=rngs))
         self.expand, self.index, self.has_eca, self.impl = expand, index, eca_k is not None, impl
         self.identity = stride == 1 and in_channels == out_channels
+        self.drop_path = make_drop_path(drop_path_rate if self.identity else 0.0, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         child = lambda name: getattr(self, name)  # noqa: E731
@@ -163,4 +201,6 @@ class InvertedResidual(nnx.Module):
         z = child(f"conv.{i + 1}")(y)
         attention = child(f"conv.{i + 3}") if self.has_eca else None
         shortcut = x if self.identity else None
-        return block_tail(child(f"conv.{i + 2}"), attention, z, shortcut, act=None, impl=self.impl)
+        if self.drop_path is None or not self.drop_path.active:
+            return block_tail(child(f"conv.{i + 2}"), attention, z, shortcut, act=None, impl=self.impl)
+        return self.drop_path(block_tail(child(f"conv.{i + 2}"), attention, z, None, act=None, impl=self.impl)) + x

@@ -12,7 +12,9 @@ in one place (:mod:`eca_jax.models.zoo`). Every registered model is a :class:`Re
     model.train(); logits = model(x)           # batch statistics; running averages updated in place
 
 Modes: a new model is in training mode (NNX's convention, like ``nnx.BatchNorm``); ``model.eval()``
-switches BatchNorm to the running statistics (and MobileNetV2's dropout off). ``nnx.state(model,
+switches BatchNorm to the running statistics and dropout / stochastic depth off (``drop_rate``,
+``drop_path_rate`` and MobileNetV2's ``dropout``: keys from the ``rngs``'s "dropout" stream, forked
+into each such layer; a model with both rates 0 holds no RNG stream, as before). ``nnx.state(model,
 nnx.Param)`` / ``nnx.state(model, nnx.BatchStat)`` have the linen ``params`` / ``batch_stats`` paths.
 """
 from __future__ import annotations
@@ -25,9 +27,9 @@ from flax import nnx
 
 from eca_jax.models import MobileNetV2 as LinenMobileNetV2, ResNet as LinenResNet
 from eca_jax.models import create_model as create_linen_model
-from eca_jax.models.layers import check_image_batch, global_pool, max_pool_3x3_s2
+from eca_jax.models.layers import check_image_batch, drop_path_rates, global_pool, max_pool_3x3_s2
 from eca_jax.models.mobilenet_v2 import FEATURE_INDICES, INVERTED_RESIDUAL_SETTINGS, make_divisible
-from eca_jax.models.resnet import EXPANSION, resolve_stage_k
+from eca_jax.models.resnet import EXPANSION, attention_stage_k
 from eca_jax.nnx.blocks import InvertedResidual, ResidualBlock, batch_norm, classifier, conv2d
 
 
@@ -39,7 +41,8 @@ class ResNet(nnx.Module):
     """:class:`eca_jax.models.ResNet` in NNX, built from a linen ``ResNet`` configuration ``cfg``.
 
     Children: the stem (``conv1``/``bn1``, or ``conv1.0``, ``conv1.1``, ``conv1.3``, ``conv1.4``,
-    ``conv1.6``, ``bn1`` for deep stems), blocks ``layer{s}.{i}`` and ``fc``.
+    ``conv1.6``, ``bn1`` for deep stems), blocks ``layer{s}.{i}`` (each with a ``drop_path`` when
+    ``cfg.drop_path_rate > 0``), ``head_drop`` (an ``nnx.Dropout`` when ``cfg.drop_rate > 0``, else None) and ``fc``.
     Call: ``model(x, return_features=False)``, x (N, H, W, in_chans) float -> (N, num_classes)
     float32 logits or {"C2": ..., "C5": ...}.
     """
@@ -50,7 +53,8 @@ class ResNet(nnx.Module):
         self.stem, self.in_chans, self.dtype = cfg.stem, cfg.in_chans, cfg.dtype
         self._build_stem(cfg, common)
         in_channels = cfg.stem_width * (2 if cfg.stem.startswith("deep") else 1)
-        stage_k, stages = resolve_stage_k(cfg.k_size, len(cfg.layers)), []
+        stage_k, stages = attention_stage_k(cfg.attn, cfg.k_size, len(cfg.layers)), []
+        block_drop_path = iter(drop_path_rates(sum(cfg.layers), cfg.drop_path_rate))
         for stage, (num_blocks, planes) in enumerate(zip(cfg.layers, cfg.widths)):
             out_channels, names = planes * EXPANSION[cfg.block], []
             for index in range(num_blocks):
@@ -61,10 +65,11 @@ class ResNet(nnx.Module):
                     in_channels, cfg.block, planes, stride,
                     shortcut=("avg" if cfg.avg_down else "conv") if needs_shortcut else None,
                     attn=cfg.attn, attn_scope=cfg.attn_scope, attn_kwargs=cfg._stage_attn_kwargs(stage_k[stage]),
-                    zero_init_last_bn=cfg.zero_init_last_bn, **common))
+                    zero_init_last_bn=cfg.zero_init_last_bn, drop_path_rate=next(block_drop_path), **common))
                 in_channels = out_channels
             stages.append(tuple(names))
         self.stages = tuple(stages)
+        self.head_drop = nnx.Dropout(cfg.drop_rate, rngs=rngs) if cfg.drop_rate > 0 else None
         self.fc = classifier(in_channels, cfg.num_classes, param_dtype=cfg.param_dtype, rngs=rngs)
 
     def _build_stem(self, cfg: LinenResNet, common: dict) -> None:
@@ -100,7 +105,8 @@ class ResNet(nnx.Module):
             features[f"C{stage + 2}"] = x
         if return_features:
             return features
-        return self.fc(global_pool(x).astype(jnp.float32))
+        pooled = global_pool(x).astype(jnp.float32)
+        return self.fc(pooled if self.head_drop is None else self.head_drop(pooled))
 
 
 class MobileNetV2(nnx.Module):
@@ -123,12 +129,14 @@ class MobileNetV2(nnx.Module):
         setattr(self, "features.0.0", conv2d(cfg.in_chans, in_channels, 3, 2, **common))
         setattr(self, "features.0.1", batch_norm(in_channels, **common))
         index = 1
+        block_drop_path = drop_path_rates(sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTINGS), cfg.drop_path_rate,
+                                          last_gets_full_rate=False)
         for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
             out_channels = cfg._channels(c)
             for repeat in range(n):
                 setattr(self, f"features.{index}", InvertedResidual(
                     in_channels, out_channels, int(round(in_channels * t)), s if repeat == 0 else 1, expand=t != 1,
-                    eca_k=cfg._block_k(c, out_channels), **common))
+                    eca_k=cfg._block_k(c, out_channels), drop_path_rate=block_drop_path[index - 1], **common))
                 in_channels, index = out_channels, index + 1
         release = cfg.layout == "release"
         last = int(1280 * max(1.0, cfg.width_mult)) if release else make_divisible(1280 * max(1.0, cfg.width_mult))

@@ -80,9 +80,25 @@ def _defaults() -> dict[str, Any]:
         min_learning_rate=0.0,          # cosine floor
         weight_decay=1e-4,              # coupled (PyTorch SGD): wd * param added to the gradient
         weight_decay_norm_and_bias=True,  # release: decay every parameter; False: kernels only
-        label_smoothing=0.0,
+        label_smoothing=0.0,            # also applied to the mixed targets of mixup/CutMix
         grad_clip_norm=_P(float),       # clip the global gradient norm (before weight decay)
         grad_accum_steps=1,             # optax.MultiSteps micro-batches per update
+        # --- today's recipes (eca_jax.train.recipe; every one off by default: the release's) ---
+        optimizer="sgd",                # sgd | adamw | lamb (optax; decoupled decay for adamw/lamb)
+        adam_b1=0.9,                    # adamw / lamb moment decays and epsilon
+        adam_b2=0.999,
+        adam_eps=_P(float),             # default: 1e-8 (adamw, PyTorch's), 1e-6 (lamb, timm's)
+        loss="softmax",                 # softmax (cross-entropy) | bce (sigmoid per class, RSB)
+        bce_target_threshold=_P(float),  # bce: targets > threshold become 1, else 0 (RSB: 0.2)
+        mixup_alpha=0.0,                # Beta(alpha) mixup on device; 0: off
+        cutmix_alpha=0.0,               # Beta(alpha) CutMix on device; 0: off
+        mix_prob=1.0,                   # probability that a batch is mixed at all
+        mix_switch_prob=0.5,            # with both on: probability of CutMix instead of mixup
+        randaugment=_P(str),            # timm's RandAugment spec, e.g. "rand-m7-mstd0.5-inc1"
+        random_erasing=0.0,             # probability of timm's RandomErasing (pixel mode)
+        train_interpolation="bilinear",  # resize of the random crop: bilinear | bicubic
+        ema_decay=_P(float),            # EMA of the weights and BN statistics; None: off
+        ema_warmup=False,               # decay min(ema_decay, (1 + n) / (10 + n)) at update n
         # --- BatchNorm statistics ---
         bn_groups=1,                    # 1: statistics over the global batch; G: per batch/G
         # --- mesh / sharding ---
@@ -253,6 +269,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config[key] is None or config[key] < 1:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]!r}.")
     _validate_eval_input(config)
+    from eca_jax.train.recipe import validate_recipe  # noqa: PLC0415 (its own module)
+    validate_recipe(config)
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
                          f"config.grad_accum_steps={config.grad_accum_steps}.")

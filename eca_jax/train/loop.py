@@ -35,7 +35,9 @@ from eca_jax.train import checkpoint as checkpointing
 from eca_jax.train import init_from, reporting, sharding
 from eca_jax.train.config import to_steps, validate_config
 from eca_jax.train.optim import make_optimizer
+from eca_jax.train.ema import init_ema
 from eca_jax.train.preemption import PreemptionGuard
+from eca_jax.train.recipe import recipe_from_config, train_augmentation
 from eca_jax.train.state import TrainState, init_state, make_init_fn
 from eca_jax.train.step import make_train_step
 
@@ -119,7 +121,8 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, data: Any) -> Tra
     sharding.check_batch_size(eval_batch, mesh, "eval_batch_size")
     model = build_model(config, num_classes)
     tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
-    init_fn = make_init_fn(model, tx, (1, config.image_size, config.image_size, 3))
+    init_fn = make_init_fn(model, tx, (1, config.image_size, config.image_size, 3),
+                           ema=config.ema_decay is not None)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
     return TrainingPlan(
         config, workdir, data, steps_per_epoch, total_steps,
@@ -149,6 +152,8 @@ def _restore_or_init(plan: TrainingPlan, checkpointer: checkpointing.Checkpointe
             reset_head=config.init_from_reset_head, log=_log,
             make_shapes=lambda n: variable_shapes(functools.partial(build_model, config),
                                                    config.image_size, n))
+        if state.ema is not None:  # the average starts from the loaded weights
+            state = state.replace(ema=init_ema(state.variables))
     return state, 0, None
 
 
@@ -175,12 +180,14 @@ def jitted_steps(plan: TrainingPlan) -> tuple[Callable, Callable]:
     """``(train_fn, eval_fn)``, the steps the loop runs (the export and the dry run lower the same):
     train (state, batch) -> (state, metrics), the state donated; eval (variables, batch) -> sums.
     uint8 images are normalised inside the step with the config's (else the model's) mean and std."""
-    from eca_jax.data.on_device import with_input_normalization  # noqa: PLC0415 (TensorFlow)
+    from eca_jax.data.on_device import normalize_images, with_input_normalization  # noqa: PLC0415
     config = plan.config
     batch_sharding, repl = sharding.batch_sharding(plan.mesh), sharding.replicated(plan.mesh)
     apply = with_input_normalization(plan.model.apply, **normalization(config))
+    normalize = functools.partial(normalize_images, **normalization(config))
+    recipe = recipe_from_config(config, plan.model.num_classes)
     train_fn = jax.jit(
-        make_train_step(apply, plan.tx, config.label_smoothing, config.bn_groups),
+        make_train_step(apply, plan.tx, config.label_smoothing, config.bn_groups, recipe, normalize),
         in_shardings=(plan.shardings, batch_sharding), out_shardings=(plan.shardings, repl),
         donate_argnums=0)
     var_sh = {"params": plan.shardings.params, "batch_stats": plan.shardings.batch_stats}
@@ -197,7 +204,8 @@ def _start_loop(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer, st
         config.dataset, global_batch_size=plan.micro_batch, image_size=config.image_size,
         seed=config.seed, sharding=batch_sharding, data_dir=config.data_dir,
         manual_dir=config.manual_dir, augment=config.augment, state=data_state,
-        **normalization(config), image_format="uint8")  # normalized in the jitted steps (apply)
+        **normalization(config), **train_augmentation(config),
+        image_format="uint8")  # normalized in the jitted steps (apply)
     train_fn, eval_fn = jitted_steps(plan)
     writer = reporting.MetricsWriter(plan.workdir, enabled=is_main,
                                      resume_step=start_step if start_step else None)
@@ -231,16 +239,23 @@ def _log_train(loop: _Loop, step: int) -> dict[str, float]:
 
 
 def _evaluate(loop: _Loop, state: TrainState, step: int) -> dict[str, Any]:
-    """One pass over the eval split, written to the metrics and the progress display."""
+    """One pass over the eval split (twice with an EMA: the raw weights and their average),
+    written to the metrics and the progress display. Returns the raw weights' metrics plus
+    ``ema_loss``/``ema_top1``/``ema_top5`` with an EMA."""
     plan = loop.plan
     metrics = evaluate_dataset(loop.eval_fn, state.variables, plan.data, plan.config,
                                loop.batch_sharding, plan.eval_batch)
-    loop.writer.write(step, {"epoch": step / plan.steps_per_epoch, "eval_loss": metrics["loss"],
-                             "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+    line = (f"eval @ step {step}: top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f} "
+            f"loss {metrics['loss']:.4f} ({metrics['num_examples']} examples)")
+    if state.ema is not None:
+        ema = evaluate_dataset(loop.eval_fn, state.ema, plan.data, plan.config,
+                               loop.batch_sharding, plan.eval_batch)
+        metrics.update({f"ema_{k}": ema[k] for k in ("loss", "top1", "top5")})
+        line += f"; EMA top1 {ema['top1']:.4f} top5 {ema['top5']:.4f} loss {ema['loss']:.4f}"
+    loop.writer.write(step, {"epoch": step / plan.steps_per_epoch,
+                             **{f"eval_{k}": v for k, v in metrics.items() if k != "num_examples"},
                              "elapsed_s": time.perf_counter() - loop.t_start})
-    loop.progress.message(f"eval @ step {step}: top1 {metrics['top1']:.4f} top5 "
-                          f"{metrics['top5']:.4f} loss {metrics['loss']:.4f} "
-                          f"({metrics['num_examples']} examples)")
+    loop.progress.message(line)
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedules from the config (optax).
+"""Optimizers and learning-rate schedules from the config (optax).
 
 The release trains with ``torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4)``. PyTorch's
 weight decay is *coupled*: ``g <- g + wd * p`` before the momentum buffer ``b <- 0.9 b + g``
@@ -55,24 +55,65 @@ def decay_mask(params: Any, norm_and_bias: bool) -> Any:
     return jax.tree.map(lambda p: bool(norm_and_bias) or p.ndim > 1, params)
 
 
+def _decay_mask(config: ml_collections.ConfigDict):
+    """optax's mask argument: None (every parameter) or kernels only (ndim > 1)."""
+    if config.weight_decay_norm_and_bias:
+        return None
+    return lambda params: decay_mask(params, False)
+
+
+def _sgd(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> list:
+    """The release's SGD: coupled weight decay, then momentum (see the module docstring)."""
+    parts = []
+    if config.weight_decay:
+        parts.append(optax.add_decayed_weights(float(config.weight_decay), mask=_decay_mask(config)))
+    parts.append(optax.trace(decay=float(config.momentum), nesterov=bool(config.nesterov)))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return parts
+
+
+def _lamb(config: ml_collections.ConfigDict, schedule: optax.Schedule, eps: float) -> list:
+    """LAMB as timm's ``Lamb`` (the "ResNet strikes back" optimizer): Adam moments with bias
+    correction, decoupled weight decay, then the layer-wise trust ratio ||p|| / ||u|| on the
+    parameters that get weight decay (timm adapts only those; with the usual exclusions BatchNorm
+    and biases take plain Adam steps). ``optax.lamb`` applies the trust ratio to every parameter,
+    so the chain is built from optax's own pieces with the ratio masked. timm's Lamb also clips
+    the global gradient norm to 1.0 inside the optimizer: set ``grad_clip_norm=1.0`` for that."""
+    mask = _decay_mask(config)
+    return [optax.scale_by_adam(b1=float(config.adam_b1), b2=float(config.adam_b2), eps=eps),
+            optax.add_decayed_weights(float(config.weight_decay), mask=mask),
+            optax.scale_by_trust_ratio() if mask is None else optax.masked(optax.scale_by_trust_ratio(), mask),
+            optax.scale_by_learning_rate(schedule)]
+
+
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD with momentum, coupled weight decay, optional clipping and gradient accumulation.
+    """The config's optimizer (``optimizer`` = sgd | adamw | lamb) with its schedule, optional
+    clipping of the global gradient norm (first) and gradient accumulation.
 
-    Returns (tx, schedule). With ``grad_accum_steps = n > 1`` the transformation is wrapped in
-    ``optax.MultiSteps``: it must be called n times (once per micro-batch) per update, and the
-    schedule counts updates, not micro-batches.
+    sgd: the release's (coupled weight decay, momentum, optional Nesterov). adamw: ``optax.adamw``
+    (PyTorch's AdamW: decoupled decay ``lr * wd * p``). lamb: see :func:`_lamb`. Weight decay
+    applies to every parameter, or to kernels only with ``weight_decay_norm_and_bias=False``
+    (the usual exclusion of BatchNorm scales/offsets and biases). Returns (tx, schedule). With
+    ``grad_accum_steps = n > 1`` the transformation is wrapped in ``optax.MultiSteps``: it must be
+    called n times (once per micro-batch) per update, and the schedule counts updates.
     """
     schedule = make_schedule(config, steps_per_epoch, total_steps)
     parts = []
     if config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
-    if config.weight_decay:
-        mask = None if config.weight_decay_norm_and_bias else (
-            lambda params: decay_mask(params, False))
-        parts.append(optax.add_decayed_weights(float(config.weight_decay), mask=mask))
-    parts.append(optax.trace(decay=float(config.momentum), nesterov=bool(config.nesterov)))
-    parts.append(optax.scale_by_learning_rate(schedule))
+    name = config.get("optimizer", "sgd")
+    if name == "sgd":
+        parts.extend(_sgd(config, schedule))
+    elif name == "adamw":
+        eps = 1e-8 if config.adam_eps is None else float(config.adam_eps)
+        parts.append(optax.adamw(schedule, b1=float(config.adam_b1), b2=float(config.adam_b2),
+                                 eps=eps, weight_decay=float(config.weight_decay),
+                                 mask=_decay_mask(config)))
+    elif name == "lamb":
+        parts.extend(_lamb(config, schedule, 1e-6 if config.adam_eps is None else float(config.adam_eps)))
+    else:
+        raise ValueError(f"config.optimizer={name!r} is not one of ('sgd', 'adamw', 'lamb').")
     tx = optax.chain(*parts)
     if config.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=int(config.grad_accum_steps))

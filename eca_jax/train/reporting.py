@@ -13,7 +13,8 @@ import time
 from typing import Any, Mapping
 
 COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "learning_rate", "images_per_sec",
-           "eval_loss", "eval_top1", "eval_top5", "elapsed_s")
+           "eval_loss", "eval_top1", "eval_top5", "elapsed_s",
+           "eval_ema_loss", "eval_ema_top1", "eval_ema_top5")  # EMA: with config.ema_decay
 CSV_NAME = "metrics.csv"
 PNG_NAME = "curves.png"
 TB_DIRNAME = "tensorboard"
@@ -88,7 +89,8 @@ def plot_curves(csv_path: str, png_path: str, title: str = "") -> str:
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label, ax in (("train_loss", "train", ax_loss), ("eval_loss", "eval", ax_loss),
-                           ("train_accuracy", "train", ax_acc), ("eval_top1", "eval top-1", ax_acc)):
+                           ("train_accuracy", "train", ax_acc), ("eval_top1", "eval top-1", ax_acc),
+                           ("eval_ema_top1", "eval top-1 (EMA)", ax_acc)):
         x, y = series(key)
         if x:
             ax.plot(x, y, marker="o" if key.startswith("eval") else None, markersize=3, label=label)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eca_jax.train.ema import init_ema
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -19,12 +21,14 @@ class TrainState:
     within the update is MultiSteps' mini_step in opt_state. params / batch_stats: the model's
     variable collections (float32); opt_state: the optax state; rng: uint32 (2,) base key (each
     call's dropout key is fold_in(fold_in(rng, step), micro_index), so every micro-batch gets its
-    own key)."""
+    own key). ema: None, or {"params", "batch_stats"} averaged over the updates
+    (:mod:`eca_jax.train.ema`; ``config.ema_decay``), checkpointed with the rest."""
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    ema: Any = None
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -32,17 +36,19 @@ class TrainState:
 
 
 def make_init_fn(model: flax.linen.Module, tx: optax.GradientTransformation,
-                 input_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
+                 input_shape: tuple[int, ...], ema: bool = False) -> Callable[[jax.Array], TrainState]:
     """Returns ``init(rng) -> TrainState`` (pure; jit it with out_shardings to create the state
-    already sharded). ``input_shape`` is one NHWC batch, e.g. (2, 224, 224, 3)."""
+    already sharded). ``input_shape`` is one NHWC batch, e.g. (2, 224, 224, 3). ``ema``: start an
+    average of the variables (a copy of them)."""
 
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
         variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
         params = variables["params"]
         batch_stats = variables.get("batch_stats", {})
+        average = init_ema({"params": params, "batch_stats": batch_stats}) if ema else None
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params), rng=state_rng)
+                          opt_state=tx.init(params), rng=state_rng, ema=average)
 
     return init
 

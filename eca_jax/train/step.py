@@ -22,13 +22,17 @@ The eval step and the loss live in :mod:`eca_jax.evaluation` (shared with ``eca_
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from eca_jax.evaluation import cross_entropy  # also re-exported: it used to live here
+from eca_jax.train.ema import ema_decay_at, ema_update
+from eca_jax.train.losses import make_loss
+from eca_jax.train.mixing import mix_batch, smooth_one_hot
+from eca_jax.train.recipe import Recipe
 from eca_jax.train.sharding import gather_params
 from eca_jax.train.state import TrainState
 
@@ -67,35 +71,82 @@ def update_applied(old_opt_state: Any, new_opt_state: Any) -> jax.Array:
     return jnp.ones((), jnp.bool_)
 
 
+_MIX_STREAM = 0x6D6978  # "mix": the batch-mixing key is fold_in(step key, this)
+
+
+def _mixed_inputs(images: jax.Array, labels: jax.Array, rng: jax.Array, recipe: Recipe,
+                  normalize: Optional[Callable]) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(images, soft targets (B, K) float32 or None). Mixing needs normalized float images:
+    uint8 ones are normalized first (``normalize``); mixup and CutMix commute with the affine
+    normalization, so this equals mixing the grey levels and normalizing after."""
+    if recipe.mix is None:
+        return images, None
+    if normalize is not None:
+        images = normalize(images)
+    return mix_batch(jax.random.fold_in(rng, _MIX_STREAM), images, labels, recipe.mix)
+
+
+def _loss(logits: jax.Array, labels: jax.Array, targets: Optional[jax.Array], recipe: Recipe
+          ) -> jax.Array:
+    """Per-example loss (B,) float32 of the recipe: the release's cross-entropy of integer labels
+    (bit for bit as before), else soft-target cross-entropy or BCE."""
+    if recipe.plain:
+        return cross_entropy(logits, labels, recipe.label_smoothing)
+    if targets is None:
+        targets = smooth_one_hot(labels, logits.shape[-1], recipe.label_smoothing)
+    return make_loss(recipe.loss, target_threshold=recipe.bce_target_threshold)(logits, targets)
+
+
+def _updated_ema(state: TrainState, params: Any, batch_stats: Any, applied: jax.Array,
+                 recipe: Recipe) -> Any:
+    """The EMA after this call: averaged when the optimizer applied its update, else unchanged."""
+    if recipe.ema_decay is None:
+        return state.ema
+    decay = jnp.where(applied, ema_decay_at(recipe.ema_decay, state.step, recipe.ema_warmup), 1.0)
+    return ema_update(state.ema, {"params": params, "batch_stats": batch_stats}, decay)
+
+
 def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable,
                tx: optax.GradientTransformation, label_smoothing: float = 0.0,
-               bn_groups: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One micro-batch through the optimizer. batch: image (B, H, W, 3) float32, label (B,) int32.
+               bn_groups: int = 1, recipe: Optional[Recipe] = None,
+               normalize: Optional[Callable] = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One micro-batch through the optimizer. batch: image (B, H, W, 3) float32 normalized (or
+    uint8 when ``apply_fn`` normalizes; give ``normalize`` too when the recipe mixes batches),
+    label (B,) int32.
 
-    ``state.step`` advances by one when the optimizer applies its update (every call without
-    accumulation; the last micro-batch of each update with ``optax.MultiSteps``). Returns the new
-    state and metrics {loss, accuracy} averaged over the global batch.
+    ``recipe`` (:class:`eca_jax.train.recipe.Recipe`; default: the release's cross-entropy with
+    ``label_smoothing``): batch mixing on device, the loss, the EMA. ``state.step`` advances by
+    one when the optimizer applies its update (every call without accumulation; the last
+    micro-batch of each update with ``optax.MultiSteps``). Returns the new state and metrics
+    {loss, accuracy} averaged over the global batch (accuracy against the unmixed labels).
     """
+    recipe = recipe if recipe is not None else Recipe(label_smoothing=label_smoothing)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                              micro_index(state.opt_state))
+    images, targets = _mixed_inputs(batch["image"], batch["label"], rng, recipe, normalize)
 
     def loss_fn(params):
         params = gather_params(params)  # FSDP's all-gather under Explicit mesh axes (else as is)
-        logits, new_stats = _forward_train(apply_fn, params, state.batch_stats, batch["image"],
-                                           rng, bn_groups)
-        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        logits, new_stats = _forward_train(apply_fn, params, state.batch_stats, images, rng,
+                                           bn_groups)
+        loss = _loss(logits, batch["label"], targets, recipe).mean()
         return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     accuracy = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32).mean()
-    step = state.step + update_applied(state.opt_state, opt_state).astype(state.step.dtype)
-    new_state = state.replace(step=step, params=params, batch_stats=new_stats, opt_state=opt_state)
+    applied = update_applied(state.opt_state, opt_state)
+    new_state = state.replace(step=state.step + applied.astype(state.step.dtype), params=params,
+                              batch_stats=new_stats, opt_state=opt_state,
+                              ema=_updated_ema(state, params, new_stats, applied, recipe))
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
-                    label_smoothing: float, bn_groups: int) -> Callable:
+                    label_smoothing: float, bn_groups: int, recipe: Optional[Recipe] = None,
+                    normalize: Optional[Callable] = None) -> Callable:
+    """``train_step`` with everything but (state, batch) bound (see :func:`train_step`)."""
     return functools.partial(train_step, apply_fn=apply_fn, tx=tx,
-                             label_smoothing=label_smoothing, bn_groups=bn_groups)
+                             label_smoothing=label_smoothing, bn_groups=bn_groups, recipe=recipe,
+                             normalize=normalize)
