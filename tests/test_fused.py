@@ -186,7 +186,11 @@ def test_bad_arguments_are_named():
         BatchNormAct().init(jax.random.key(0), z, eca_kernel=jnp.ones(3), eca_padding="reflect")
 
 
-@pytest.mark.parametrize("name", ["eca_resnet18", "ecaresnet26t", "eca_mobilenet_v2", "resnet18"])
+# resnet18 (no attention; 60-110 s on 2 shared cores, 2026-11-30) passed too and is left out of CI
+# for the suite's time budget: its fused ops (BatchNorm + ReLU, with and without the residual, no
+# gate) all occur in eca_resnet18 as well, and test_values_and_gradients_match_autodiff covers
+# every act x residual case without a gate (k=None).
+@pytest.mark.parametrize("name", ["eca_resnet18", "ecaresnet26t", "eca_mobilenet_v2"])
 def test_model_gradients_equal_the_autodiff_composition(name):
     """Whole models in training mode: the fused op vs the unfused layers under autodiff.
 

@@ -204,8 +204,8 @@ def _modern(data_dir, **overrides):
                                                       drop_path_rate=0.1, drop_rate=0.1),
         dataset="digits", data_dir=str(data_dir), image_size=16, eval_image_size=20,
         augment="inception_crop_flip", randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25,
-        train_interpolation="bicubic", batch_size=16, grad_accum_steps=2, total_steps=6,
-        eval_every_steps=3, checkpoint_every_steps=3, log_every_steps=1, progress="none",
+        train_interpolation="bicubic", batch_size=16, grad_accum_steps=2, total_steps=4,
+        eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1, progress="none",
         optimizer="lamb", learning_rate=5e-3, weight_decay=0.02, weight_decay_norm_and_bias=False,
         grad_clip_norm=1.0, schedule="cosine", warmup_steps=2, loss="bce", bce_target_threshold=0.2,
         mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, ema_decay=0.9, ema_warmup=True,
@@ -268,14 +268,14 @@ def test_everything_on_resumes_exactly(modern_run):
     one does (weights, BatchNorm statistics, EMA)."""
     from eca_jax.train.loop import train_and_evaluate
     root, straight = modern_run
-    assert straight["step"] == 6 and "eval_ema_top1" in straight
+    assert straight["step"] == 4 and "eval_ema_top1" in straight
     workdir = str(root / "resumed")
     first = train_and_evaluate(_modern(root / "data"), workdir, data_module=_StopAfter(4))
     assert first["preempted"] and first["step"] == 2
     second = train_and_evaluate(_modern(root / "data"), workdir)
-    assert second["step"] == 6 and not second["preempted"]
-    want_raw, want_ema = _state_arrays(str(root / "straight"), 6)
-    got_raw, got_ema = _state_arrays(workdir, 6)
+    assert second["step"] == 4 and not second["preempted"]
+    want_raw, want_ema = _state_arrays(str(root / "straight"), 4)
+    got_raw, got_ema = _state_arrays(workdir, 4)
     for got, want in ((got_raw, want_raw), (got_ema, want_ema)):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             assert np.array_equal(a, b)
@@ -292,7 +292,7 @@ def test_ema_weights_are_what_evaluate_and_export_select(modern_run, tmp_path):
     root, straight = modern_run
     workdir = str(root / "straight")
     result = evaluate_checkpoint(workdir, ema=True)
-    assert result["ema"] and result["step"] == 6
+    assert result["ema"] and result["step"] == 4
     assert result["top1"] == pytest.approx(straight["eval_ema_top1"], abs=1e-6)
     assert result["loss"] == pytest.approx(straight["eval_ema_loss"], rel=1e-5)
     raw = evaluate_checkpoint(workdir)
