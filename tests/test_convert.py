@@ -614,3 +614,17 @@ def test_training_checkpoint_exports_to_pytorch(tmp_path, capsys):
     again_module, again = convert.from_torch(dst)
     assert again_module == module
     assert_bit_exact(again, variables)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_written_files_get_the_users_file_mode(fmt, tmp_path):
+    """The atomic write goes through a private temporary file (mode 0600); the result has the mode
+    of any file the user creates (0666 less the umask), so others can read a shared export."""
+    from eca_jax.checkpoints import torch_files
+    umask = os.umask(0o022)
+    try:
+        dst = tmp_path / f"w.{fmt}"
+        torch_files.write_state_dict({"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}, dst)
+        assert (os.stat(dst).st_mode & 0o777) == 0o644
+    finally:
+        os.umask(umask)

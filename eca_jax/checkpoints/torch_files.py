@@ -221,6 +221,9 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], dst: Union[str, os.Pa
             import torch  # noqa: PLC0415
             torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state_dict.items()),
                        tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the mode of any file the user creates
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
