@@ -10,7 +10,9 @@
 Modules (one job each): :mod:`.config` (schema, validation, durations), :mod:`.optim` (optax),
 :mod:`.sharding` (mesh, FSDP rule), :mod:`.state`, :mod:`.step` (the pure train step),
 :mod:`.checkpoint` (orbax), :mod:`.init_from` (fine-tuning), :mod:`.preemption` (SIGTERM),
-:mod:`.reporting` (progress, metrics.csv, TensorBoard, PNG), :mod:`.loop` (train_and_evaluate).
+:mod:`.reporting` (progress, metrics.csv, TensorBoard, PNG), :mod:`.loop` (train_and_evaluate),
+:mod:`.recipe` (what today's recipe keys turn into: :mod:`.mixing` mixup/CutMix on device,
+:mod:`.losses` soft-target CE / BCE, :mod:`.ema` weight averaging; AdamW / LAMB in :mod:`.optim`).
 Evaluation (eval step, loss, one pass over the eval split) is :mod:`eca_jax.evaluation`, shared
 with ``python -m eca_jax.evaluate``. A step is one optimizer update everywhere: the loop,
 ``TrainState.step``, checkpoint numbers, logs and the learning-rate schedule.
