@@ -304,12 +304,11 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, s
     mean, std = transforms.resolve_normalization(mean, std)
     if augment is not None and augment not in transforms.AUGMENTS:
         raise ValueError(f"Unknown augment {augment!r}; choose one of {transforms.AUGMENTS}.")
-    transforms.check_extras(augment or transforms.AUGMENTS[0], randaugment, random_erasing)  # before any reading
+    randaugment = transforms.check_extras(randaugment, random_erasing)  # parsed, before any reading
     local_batch = reading.local_batch_size(sharding, global_batch_size)
     builder = datasets.prepare(name, data_dir, manual_dir)
     info = datasets.dataset_info_from_builder(name, builder)
     augment = info.augment if augment is None else augment
-    randaugment = transforms.check_extras(augment, randaugment, random_erasing)
     reader = Reader(builder, info, datasets.require_split(info, split, "train"), cache=cache,
                     num_threads=num_threads, shuffle_buffer_size=shuffle_buffer_size)
 

@@ -20,10 +20,10 @@ from eca_jax.data._tf import tf
 from eca_jax.data.randaugment import RandAugmentSpec, parse_randaugment
 
 
-def check_extras(augment: str, randaugment: Union[str, RandAugmentSpec, None],
+def check_extras(randaugment: Union[str, RandAugmentSpec, None],
                  random_erasing: float) -> Optional[RandAugmentSpec]:
-    """The RandAugment spec (parsed; None: off) after checking the extras; ValueError if bad."""
-    del augment  # both augment modes take the extras
+    """The RandAugment spec (parsed; None: off) after checking the extras (both augment modes take
+    them); ValueError if bad."""
     if not 0.0 <= float(random_erasing) <= 1.0:
         raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing!r}")
     return parse_randaugment(randaugment) if isinstance(randaugment, str) else randaugment

@@ -282,7 +282,7 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, *, image_size: int, augme
     either, float32 images are whole grey levels normalised (as timm's PIL), see ``train_extras``.
     """
     check_interpolation(interpolation)
-    spec = check_extras(augment, randaugment, random_erasing)
+    spec = check_extras(randaugment, random_erasing)
     if augment == "inception_crop_flip":
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
         crop = inception_crop(image, crop_seed, area_range=area_range, ratio_range=ratio_range, name=name)

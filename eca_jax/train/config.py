@@ -203,7 +203,8 @@ def check_config_file(argv: Iterable[str], flag: str = "config") -> None:
                                 "e.g. --config experiments/configs/digits.py")
 
 
-def _check_choice(config, key: str, choices: tuple[str, ...]) -> None:
+def check_choice(config, key: str, choices: tuple[str, ...]) -> None:
+    """ValueError naming ``config.<key>`` and the choices unless its value is one of them."""
     if config[key] not in choices:
         raise ValueError(f"config.{key}={config[key]!r} is not one of {choices}.")
 
@@ -252,9 +253,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         top = key.split(".")[0]
         if top not in config or ("." in key and key.split(".")[1] not in config[top]):
             raise KeyError(f"Config is missing key {key!r}; build configs with make_config().")
-    _check_choice(config, "dtype", DTYPES)
-    _check_choice(config, "schedule", SCHEDULES)
-    _check_choice(config, "progress", PROGRESS)
+    check_choice(config, "dtype", DTYPES)
+    check_choice(config, "schedule", SCHEDULES)
+    check_choice(config, "progress", PROGRESS)
     _validate_impl(config)
     for prefix in ("total", "warmup", "eval_every", "checkpoint_every"):
         for unit in ("steps", "epochs"):

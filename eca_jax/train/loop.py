@@ -183,8 +183,9 @@ def jitted_steps(plan: TrainingPlan) -> tuple[Callable, Callable]:
     from eca_jax.data.on_device import normalize_images, with_input_normalization  # noqa: PLC0415
     config = plan.config
     batch_sharding, repl = sharding.batch_sharding(plan.mesh), sharding.replicated(plan.mesh)
-    apply = with_input_normalization(plan.model.apply, **normalization(config))
-    normalize = functools.partial(normalize_images, **normalization(config))
+    mean_std = normalization(config)
+    apply = with_input_normalization(plan.model.apply, **mean_std)
+    normalize = functools.partial(normalize_images, **mean_std)
     recipe = recipe_from_config(config, plan.model.num_classes)
     train_fn = jax.jit(
         make_train_step(apply, plan.tx, config.label_smoothing, config.bn_groups, recipe, normalize),

@@ -26,9 +26,11 @@ from typing import Any, Optional
 
 import ml_collections
 
+from eca_jax.constants import INTERPOLATIONS
+from eca_jax.train.config import check_choice
+
 OPTIMIZERS = ("sgd", "adamw", "lamb")
 LOSSES = ("softmax", "bce")
-TRAIN_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +72,6 @@ def recipe_from_config(config: ml_collections.ConfigDict, num_classes: int) -> R
                   ema_warmup=bool(config.ema_warmup))
 
 
-def _check_choice(config, key: str, choices: tuple[str, ...]) -> None:
-    if config[key] not in choices:
-        raise ValueError(f"config.{key}={config[key]!r} is not one of {choices}.")
-
-
 def _check_range(config, key: str, lo: float, hi: float, *, hi_open: bool = False) -> None:
     value = config[key]
     if value is None or not (lo <= value and (value < hi if hi_open else value <= hi)):
@@ -82,8 +79,8 @@ def _check_range(config, key: str, lo: float, hi: float, *, hi_open: bool = Fals
 
 
 def _validate_optimizer_and_loss(config: ml_collections.ConfigDict) -> None:
-    _check_choice(config, "optimizer", OPTIMIZERS)
-    _check_choice(config, "loss", LOSSES)
+    check_choice(config, "optimizer", OPTIMIZERS)
+    check_choice(config, "loss", LOSSES)
     for key in ("adam_b1", "adam_b2"):
         _check_range(config, key, 0.0, 1.0, hi_open=True)
     if config.adam_eps is not None and not config.adam_eps > 0:
@@ -114,7 +111,7 @@ def _validate_mixing(config: ml_collections.ConfigDict) -> None:
 
 def _validate_augmentation(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "random_erasing", 0.0, 1.0)
-    _check_choice(config, "train_interpolation", TRAIN_INTERPOLATIONS)
+    check_choice(config, "train_interpolation", INTERPOLATIONS)
     if config.randaugment is not None:
         from eca_jax.data.randaugment import parse_randaugment  # noqa: PLC0415 (loads TensorFlow)
         try:
