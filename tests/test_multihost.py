@@ -53,7 +53,7 @@ def env(tmp_path_factory):
     data_dir = str(root / "tfds")
     data.prepare("digits", data_dir=data_dir)
     e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    e.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+    e.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
              JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
@@ -86,10 +86,28 @@ class Hosts:
             return f.read()
 
     def wait(self, timeout: float = LAUNCH_TIMEOUT_S, procs=None) -> list[int]:
+        """Return codes once ``procs`` (default: all) have ended. Past ``timeout`` the processes
+        still running get SIGABRT, so that Python's faulthandler (PYTHONFAULTHANDLER in ``env``)
+        writes every thread's stack to their logs, and the failure shows those logs."""
         deadline = time.monotonic() + timeout
         for p in procs if procs is not None else self.procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running after {timeout:.0f} s:\n{self.dump_stacks()}") from None
         return [p.returncode for p in self.procs]
+
+    def dump_stacks(self) -> str:
+        running = [i for i, p in enumerate(self.procs) if p.poll() is None]
+        for i in running:
+            self.procs[i].send_signal(signal.SIGABRT)
+        for i in running:
+            try:
+                self.procs[i].wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        return "\n".join(f"--- process {i} ({'was running' if i in running else f'rc {p.returncode}'}):\n"
+                         f"{self.log(i)[-6000:]}" for i, p in enumerate(self.procs))
 
     def reap(self) -> None:
         for p in self.procs:
@@ -141,7 +159,7 @@ def wait_for_step(workdir, hosts: Hosts, above: int, timeout: float = LAUNCH_TIM
         dead = [i for i, p in enumerate(hosts.procs) if p.poll() is not None]
         assert not dead, f"process {dead[0]} ended early:\n{hosts.log(dead[0])[-3000:]}"
         time.sleep(0.05)
-    raise AssertionError(f"no checkpoint after step {above} within {timeout} s")
+    raise AssertionError(f"no checkpoint after step {above} within {timeout} s:\n{hosts.dump_stacks()}")
 
 
 def train_losses(workdir, key: str = "train_loss") -> dict[int, float]:

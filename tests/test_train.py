@@ -428,3 +428,14 @@ def test_digits_learns_and_evaluate_cli(tmp_path):
     out = last_json(proc.stdout)
     assert {"top1", "top5", "loss", "num_examples"} <= set(out) and out["step"] == 40
     assert out["num_examples"] == 360 and abs(out["top1"] - result["eval_top1"]) < 1e-6
+
+
+def test_orbax_syncs_processes_with_named_barriers(tmp_path):
+    """Orbax's default process barrier is a collective over every device, which its async-save
+    thread runs between the main thread's train and eval collectives: across processes they can
+    pair up in another order and deadlock (a 4-process run hung at its last eval in CI). The
+    trainer's Checkpointer switches orbax to the distributed service's named barriers."""
+    from orbax.checkpoint._src.multihost import multihost
+    from eca_jax.train.checkpoint import Checkpointer
+    Checkpointer(str(tmp_path), {"model": "eca_resnet8_cifar", "num_classes": 4, "model_kwargs": {}})
+    assert multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value is True

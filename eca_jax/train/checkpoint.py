@@ -87,6 +87,26 @@ def _top1(metrics: Mapping[str, Any]) -> float:
     return float(metrics["top1"])
 
 
+def barriers_through_distributed_service() -> None:
+    """Makes orbax sync processes with the JAX distributed service's named barriers.
+
+    Orbax's default barrier is ``multihost_utils.sync_global_devices``: a collective over every
+    device, which orbax also runs from its async-save finalize thread. Across processes such a
+    collective can pair with the main thread's train or eval collectives in another order, and
+    the run deadlocks: seen here with 4 processes, the eval at step 12 hung while step 9's save
+    finalized (eca_jax's CI, 2026-11-30). Named barriers are safe from any thread and time out.
+    The switch is orbax's absl flag ``experimental_orbax_use_distributed_barrier``; it is set
+    here (and marked present, so it reads the same before absl parses a command line) unless a
+    command line gave it. Single-process runs have no barriers either way.
+    """
+    from absl import flags  # noqa: PLC0415 -- absl comes with orbax
+
+    flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    if not flag.present:
+        flag.value = True
+        flag.present = 1
+
+
 def _manager_options(keep: int, keep_best: bool, async_save: bool):
     policy = _policies.LatestN(n=keep)
     if keep_best:
@@ -114,6 +134,7 @@ class Checkpointer:
                             " Use another --workdir, or fine-tune from it with "
                             f"--config.init_from={workdir} (and init_from_reset_head=True).")
         root = {k: self.signature.get(k) for k in SIGNATURE_KEYS}
+        barriers_through_distributed_service()
         self.manager = ocp.CheckpointManager(
             self.directory, options=_manager_options(keep, keep_best, async_save), metadata=root)
         self.last_committed: int | None = self.manager.latest_step()
