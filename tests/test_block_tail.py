@@ -45,7 +45,9 @@ SLOW_MODELS = {
 # whole-model comparison in CI for the suite's time budget: their tails (none; SE; ECA + residual
 # without activation) are the resnet8_cifar and se_resnet8_cifar cases and
 # test_block_tail_relu6_circular below.
-NOT_COMPARED_IN_CI = {"eca_mobilenet_v2"}
+# eca_resnet18 (41 s in the CI run of 2026-11-30) passed too and is left out likewise: its basic
+# blocks have eca_resnet8_cifar's tails; ecaresnet26t keeps an ImageNet net at 64 px in CI.
+NOT_COMPARED_IN_CI = {"eca_mobilenet_v2", "eca_resnet18"}
 
 
 def _models(key: str) -> tuple[nn.Module, nn.Module]:

@@ -105,21 +105,23 @@ def eca_k_of(model: torch.nn.Module) -> dict:
 # models of every family; an odd size (193, or 129 for the deepest) for all: 193 -> 97 -> 49 ->
 # 25 -> 13 -> 7 and 129 -> 65 -> 33 -> 17 -> 9 -> 5 leave a partial ceil-mode pooling window
 # in every ResNet-D stage.
+# 224 px as well for one model of each family the release and timm publish (ECA-ResNet-50,
+# ECA-MobileNetV2, ECA-ResNet-50-D); every other model at odd sizes only (129 px for the deepest).
 PARITY = [
-    ("eca_resnet18", (224, 193), "release"),
+    ("eca_resnet18", (193,), "release"),
     ("eca_resnet34", (193,), "pth"),
     ("eca_resnet50", (224, 193), "release"),
     ("eca_resnet101", (193,), "memory"),
     ("eca_resnet152", (129,), "memory"),
     ("resnet18", (193,), "pth"),
     ("resnet34", (193,), "bin"),
-    ("resnet50", (224, 193), "pth"),
+    ("resnet50", (193,), "pth"),
     ("resnet101", (193,), "numpy"),
     ("resnet152", (129,), "memory"),
     ("se_resnet50", (193,), "release"),
     ("eca_mobilenet_v2", (224, 193), "release"),
-    ("mobilenet_v2", (224, 193), "pth"),
-    ("ecaresnet26t", (224, 193), "safetensors"),
+    ("mobilenet_v2", (193,), "pth"),
+    ("ecaresnet26t", (193,), "safetensors"),
     ("ecaresnet50d", (224, 193), "safetensors"),
     ("ecaresnet50t", (193,), "safetensors"),
     ("ecaresnetlight", (193,), "safetensors"),

@@ -193,7 +193,7 @@ def _user_run(name: str, size: int, axis_type, **model_kwargs):
         return jax.device_get(step(*args))
 
 
-# Measured on 2 cores shared with other jobs (three compiles each): eca_mobilenet_v2 99 s, ecaresnet26t
+# Measured on 2 cores shared with other jobs (three compiles each, now two): eca_mobilenet_v2 99 s, ecaresnet26t
 # 63 s, eca_resnet50 ~150 s (98 s with two compiles).
 @pytest.mark.slow
 # eca_resnet50 (109 s in the CI run of 2026-11-30) left out: ecaresnet26t at 32 px has the same
@@ -205,17 +205,15 @@ def _user_run(name: str, size: int, axis_type, **model_kwargs):
                                                     ("eca_mobilenet_v2", 32, {"width_mult": 0.25})])
 def test_user_train_step_under_jax_default_explicit_mesh(name, size, model_kwargs):
     """A user's own step on ``jax.make_mesh``'s default (Explicit) mesh trains every kernel path:
-    ECA-ResNet-50 (1x1 dots, max pool, im2col on the 1x1 maps of a 32 px input), ECA-ResNet-26t
-    (deep stem, average-pool shortcut), ECA-MobileNetV2 (depthwise, Dropout). Loss, gradients,
-    updated parameters and BatchNorm statistics equal the Auto mesh's (TOL). Against no mesh the
-    loss agrees to TOL; the gradients only to 1e-2: on 1x1 maps BatchNorm normalises over 8
-    values, which amplifies the sharded summation order (ECA-ResNet-50: 6e-3 under Explicit and
-    Auto axes alike, measured)."""
-    ref = _user_run(name, size, None, **model_kwargs)
-    assert jax.sharding.get_abstract_mesh().empty
+    ECA-ResNet-26t (1x1 dots, deep stem, max pool, average-pool shortcut, im2col on the 1x1 maps
+    of a 32 px input), ECA-MobileNetV2 (depthwise, Dropout). Loss, gradients, updated parameters
+    and BatchNorm statistics equal the Auto mesh's (TOL). (Sharded against unsharded steps:
+    test_train's eight devices and FSDP against one device. The unsharded run was dropped here
+    for the suite's time budget; its gradients agreed only to 1e-2, since on 1x1 maps BatchNorm
+    normalises over 8 values and amplifies the sharded summation order, under Explicit and Auto
+    axes alike.)"""
     auto = _user_run(name, size, AxisType.Auto, **model_kwargs)
     loss, grads, params, stats = _user_run(name, size, AxisType.Explicit, **model_kwargs)
+    assert jax.sharding.get_abstract_mesh().empty   # the mesh was the user's, for the step only
     assert abs(float(loss) - float(auto[0])) <= TOL * float(auto[0])
     assert rel_err(grads, auto[1]) < TOL and rel_err(params, auto[2]) < TOL and rel_err(stats, auto[3]) < TOL
-    assert abs(float(loss) - float(ref[0])) <= TOL * float(ref[0])
-    assert rel_err(grads, ref[1]) < 1e-2 and rel_err(stats, ref[3]) < TOL

@@ -75,7 +75,8 @@ class Hosts:
 
     def __init__(self, cmds: list[list[str]], env: dict, devices: int, log_dir):
         self.logs = [open(os.path.join(log_dir, f"process_{i}.log"), "w+") for i in range(len(cmds))]
-        e = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        others = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+        e = {**env, "XLA_FLAGS": " ".join([f"--xla_force_host_platform_device_count={devices}", *others])}
         self.procs = [subprocess.Popen(c, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT,
                                        text=True, start_new_session=True)
                       for c, log in zip(cmds, self.logs)]
