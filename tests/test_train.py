@@ -24,7 +24,7 @@ from flax import traverse_util
 
 import eca_jax.nn as enn
 from eca_jax.models.layers import batch_norm, classifier, conv2d
-from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, load_variables, resolve_step_dir
+from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, committed_steps, load_variables, resolve_step_dir
 from eca_jax.train import init_from, sharding
 from eca_jax.train.checkpoint import CheckpointMismatchError, CheckpointSaveError
 from eca_jax.train.config import (check_override_flags, make_config, to_steps,
@@ -439,3 +439,34 @@ def test_orbax_syncs_processes_with_named_barriers(tmp_path):
     from eca_jax.train.checkpoint import Checkpointer
     Checkpointer(str(tmp_path), {"model": "eca_resnet8_cifar", "num_classes": 4, "model_kwargs": {}})
     assert multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value is True
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has installed a SIGTERM handler (the SigCgt mask of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/PID/status")
+def test_sigterm_while_starting_up_stops_before_training(tmp_path):
+    """A preemption notice while the trainer starts (sent as soon as ``python -m eca_jax.train`` has
+    its handler, i.e. while JAX and TensorFlow load) does not kill it: it builds, stops before
+    step 1 and exits 0, with nothing trained or saved."""
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eca_jax.train", "--config", "experiments/configs/smoke.py",
+         "--workdir", str(workdir), f"--config.data_dir={tmp_path / 'data'}", "--config.progress=lines"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(), cwd=ROOT)
+    try:
+        wait_for(lambda: _catches_sigterm(proc.pid), timeout=60, proc=proc, what="the SIGTERM handler")
+        proc.send_signal(signal.SIGTERM)
+        rc, out, err = finish(proc)
+    finally:
+        proc.kill()
+    assert rc == 0, err[-3000:]
+    assert "SIGTERM before step 1: stopped before training" in out + err
+    result = last_json(out)
+    assert result["preempted"] and result["step"] == 0 and "train_loss" not in result
+    assert committed_steps(workdir / CHECKPOINT_DIRNAME) == []

@@ -6,8 +6,9 @@ elsewhere pass ``--coordinator_address=HOST:PORT --num_processes=N --process_id=
 Rerunning the same command resumes from the workdir's latest checkpoint.
 
 Host faults: SIGTERM to any one process stops all of them at the same step, after a checkpoint
-(exit 0). If a process dies (SIGKILL, crash, lost machine) the others stop instead of waiting in
-a collective forever: a failed collective exits at once with a one-line error (exit code 3), and
+(exit 0); one that comes while the processes start up stops them before their first step. If a
+process dies (SIGKILL, crash, lost machine) the others stop instead of waiting in a collective
+forever: a failed collective exits at once with a one-line error (exit code 3), and
 the coordination service ends every process that is still waiting once the dead one has missed
 heartbeats for ``--heartbeat_timeout_seconds`` (JAX's "Terminating process because the JAX
 distributed service detected fatal errors", exit by SIGABRT). Rerun all processes to resume from
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -91,6 +93,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e.args[0] if e.args else e}")
     _maybe_initialize_distributed()
     if _DRY_RUN.value:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # nothing to save: SIGTERM ends a dry run
         from eca_jax.train.dry_run import dry_run, format_report  # noqa: PLC0415
         try:
             print(format_report(dry_run(_CONFIG.value, steps_per_second=_DRY_RATE.value)))
@@ -115,6 +118,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    from eca_jax.train.preemption import capture_sigterm_early  # noqa: PLC0415
+    capture_sigterm_early()   # a preemption notice while starting up stops cleanly (exit 0)
     try:
         check_config_file(sys.argv[1:])
         check_override_flags(sys.argv[1:])

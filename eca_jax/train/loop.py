@@ -287,7 +287,11 @@ def _train_loop(plan: TrainingPlan, checkpointer: checkpointing.Checkpointer, st
     eval_metrics: dict[str, Any] = {}
     try:
         with PreemptionGuard(sync_every=config.log_every_steps) as guard:
-            while step < plan.total_steps:
+            if step < plan.total_steps and guard.stop_now():   # SIGTERM while starting up
+                loop.progress.message(f"SIGTERM before step {step + 1}: stopped before training; "
+                                      "nothing new to save. Rerun the same command to resume.")
+                result["preempted"] = True
+            while step < plan.total_steps and not result["preempted"]:
                 state = _train_update(loop, state)
                 step += 1
                 line = None
