@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from eca_jax.evaluation import cross_entropy  # also re-exported: it used to live here
+from eca_jax.kernels.sharding import explicit_sharding, explicit_sharding_from
 from eca_jax.train.ema import ema_decay_at, ema_update
 from eca_jax.train.losses import make_loss
 from eca_jax.train.mixing import mix_batch, smooth_one_hot
@@ -43,16 +44,28 @@ def _forward_train(apply_fn: Callable, params: Any, batch_stats: Any, images: ja
                    rng: jax.Array, bn_groups: int) -> tuple[jax.Array, Any]:
     """logits (B, K) float32 and the new batch_stats, in train mode."""
 
-    def one(x, key):
+    def one(params, batch_stats, x, key):
         logits, updates = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": key})
         return logits.astype(jnp.float32), updates.get("batch_stats", batch_stats)
 
     if bn_groups == 1:
-        return one(images, rng)
-    groups = images.reshape((bn_groups, -1) + images.shape[1:])
-    logits, stats = jax.vmap(one)(groups, jax.random.split(rng, bn_groups))
-    return logits.reshape((-1,) + logits.shape[2:]), jax.tree.map(lambda s: s.mean(0), stats)
+        return one(params, batch_stats, images, rng)
+
+    def grouped(params, batch_stats, images, rng):
+        groups = images.reshape((bn_groups, -1) + images.shape[1:])
+        logits, stats = jax.vmap(one, in_axes=(None, None, 0, 0))(
+            params, batch_stats, groups, jax.random.split(rng, bn_groups))
+        return logits.reshape((-1,) + logits.shape[2:]), jax.tree.map(lambda s: s.mean(0), stats)
+
+    if explicit_sharding(images) is not None:
+        # Under Explicit axes the vmapped convolutions would reshape the sharded batch axis, which
+        # needs a sharding JAX's batching rules do not give: the grouped forward runs with Auto
+        # axes (XLA places it) and returns logits sharded as the batch, statistics as they were.
+        stats_sharding = jax.tree.map(explicit_sharding, batch_stats)
+        logits_sharding = explicit_sharding_from(images, (0, None))
+        grouped = jax.sharding.auto_axes(grouped, out_sharding=(logits_sharding, stats_sharding))
+    return grouped(params, batch_stats, images, rng)
 
 
 def micro_index(opt_state: Any) -> jax.Array:
