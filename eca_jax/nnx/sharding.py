@@ -2,8 +2,11 @@
 compute a ``PartitionSpec`` per leaf of ``nnx.state(node)``, ``jax.device_put`` the state with the
 matching ``NamedSharding``s, and write it back with ``nnx.update``. ``nnx.jit`` then keeps every
 array where it is and XLA inserts the collectives (BatchNorm statistics are those of the GLOBAL
-batch, as in the linen trainer). Use a mesh with ``AxisType.Auto`` axes (as :mod:`eca_jax.train.sharding`
-does): ``jax.make_mesh``'s default Explicit axes would ask every conv for an ``out_sharding``.
+batch, as in the linen trainer). Data parallel (``model_axis=None``: the state replicated, the batch
+sharded) works under ``jax.make_mesh``'s default Explicit axes too, with the Auto mesh's numbers
+(tests/test_explicit_mesh.py). Channels sharded over ``model_axis`` need ``AxisType.Auto`` axes
+(as :mod:`eca_jax.train.sharding` uses): under Explicit axes every conv contracting a sharded
+channel axis would need an ``out_sharding``.
 
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)   # Auto: GSPMD
     model = eca_jax.nnx.create_model("eca_resnet8_cifar", rngs=nnx.Rngs(0), num_classes=10)
