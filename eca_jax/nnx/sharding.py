@@ -4,9 +4,9 @@ matching ``NamedSharding``s, and write it back with ``nnx.update``. ``nnx.jit`` 
 array where it is and XLA inserts the collectives (BatchNorm statistics are those of the GLOBAL
 batch, as in the linen trainer). Data parallel (``model_axis=None``: the state replicated, the batch
 sharded) works under ``jax.make_mesh``'s default Explicit axes too, with the Auto mesh's numbers
-(tests/test_explicit_mesh.py). Channels sharded over ``model_axis`` need ``AxisType.Auto`` axes
-(as :mod:`eca_jax.train.sharding` uses): under Explicit axes every conv contracting a sharded
-channel axis would need an ``out_sharding``.
+(tests/test_explicit_mesh.py). Channels sharded over ``model_axis`` are tested under
+``AxisType.Auto`` axes only (as :mod:`eca_jax.train.sharding` uses): under Explicit axes a conv
+that contracts a sharded channel axis asks for an ``out_sharding``, which nnx.Conv does not pass.
 
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)   # Auto: GSPMD
     model = eca_jax.nnx.create_model("eca_resnet8_cifar", rngs=nnx.Rngs(0), num_classes=10)
