@@ -77,7 +77,10 @@ def install_save_fault(kind: str, at_save: int, marker: str | None) -> None:
 
 def main() -> None:
     args = _parse()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    # The device count is this worker's; other flags (tests/conftest.py's thread settings) are
+    # kept, so the worker compiles the same programs as the test process it is compared with.
+    others = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={args.devices}", *others])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
