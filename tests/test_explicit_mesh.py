@@ -226,31 +226,22 @@ def test_user_train_step_under_jax_default_explicit_mesh(name, size, model_kwarg
 # ----------------------------------------------------------------------------- the NNX twins
 
 def _nnx_user_run(name: str, axis_type, **model_kwargs):
-    """One SGD-with-momentum step of an eca_jax.nnx model as Flax's NNX guides write it, its state
-    placed on a (4, 2) mesh of ``axis_type`` (replicated: ``eca_jax.nnx.shard_model``), the batch
-    over "data". Returns (loss, the updated Params, the Params before)."""
+    """One SGD-with-momentum step of an eca_jax.nnx model as Flax's NNX guides write it
+    (test_nnx.train_nnx), its state placed on a (4, 2) mesh of ``axis_type`` (replicated:
+    ``eca_jax.nnx.shard_model``), the batch over "data". Returns (loss, the updated Params, the
+    Params before)."""
     from flax import nnx
     import eca_jax.nnx as enx
+    from test_nnx import train_nnx
     model = enx.create_model(name, rngs=nnx.Rngs(0), num_classes=10, **model_kwargs)
-    optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
     images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
     labels = jnp.arange(8) % 10
     before = jax.device_get(nnx.state(model, nnx.Param))
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        def loss_fn(model):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(axis_type,) * 2)
     with jax.set_mesh(mesh):
         enx.shard_model(model, mesh)
-        enx.shard_model(optimizer, mesh)
-        loss = step(model, optimizer, *jax.device_put((images, labels), P("data")))
-        return float(loss), jax.device_get(nnx.state(model, nnx.Param)), before
+        [loss] = train_nnx(model, *jax.device_put((images, labels), P("data")), 1, mesh=mesh, model_axis=None)
+        return loss, jax.device_get(nnx.state(model, nnx.Param)), before
 
 
 # 26 s on 2 cores shared with a test run. eca_mobilenet_v2 at width 0.25 (106 s there) and

@@ -260,12 +260,13 @@ def test_loading_another_models_variables_names_the_paths():
 
 
 # ------------------------------------------------------------------------------------- training
-def train_nnx(model, x, y, steps, mesh=None):
-    """``steps`` SGD-momentum steps with nnx.Optimizer + nnx.jit; returns the losses."""
+def train_nnx(model, x, y, steps, mesh=None, model_axis="model"):
+    """``steps`` SGD-momentum steps with nnx.Optimizer + nnx.jit; returns the losses. With a
+    ``mesh`` the optimizer's state is placed like the (already placed) model's."""
     model.train()
     optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
     if mesh is not None:
-        ennx.shard_model(optimizer, mesh, model_axis="model")
+        ennx.shard_model(optimizer, mesh, model_axis=model_axis)
 
     @nnx.jit
     def step(model, optimizer, x, y):
