@@ -101,7 +101,14 @@ def barriers_through_distributed_service() -> None:
     """
     from absl import flags  # noqa: PLC0415 -- absl comes with orbax
 
-    flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    name = "experimental_orbax_use_distributed_barrier"
+    if name not in flags.FLAGS:
+        if jax.process_count() > 1:
+            raise RuntimeError(f"This orbax-checkpoint has no flag {name!r}: its barriers could "
+                               "deadlock a multi-process run (see eca_jax.train.checkpoint); "
+                               "install the orbax-checkpoint version of requirements.txt.")
+        return
+    flag = flags.FLAGS[name]
     if not flag.present:
         flag.value = True
         flag.present = 1
