@@ -58,8 +58,8 @@ class PreemptionGuard:
 
     def should_stop(self, step: int) -> bool:
         """True when any process got SIGTERM (checked collectively at multiples of sync_every)."""
-        if step % self.sync_every:
-            return self.requested if _process_count() == 1 else False
+        if step % self.sync_every and _process_count() > 1:
+            return False
         return self.stop_now()
 
     def stop_now(self) -> bool:
