@@ -189,8 +189,6 @@ def _user_run(name: str, size: int, axis_type, **model_kwargs):
     variables = model.init(jax.random.PRNGKey(1), images, train=False)
     step = jax.jit(functools.partial(_user_step, model))
     args = (variables["params"], variables["batch_stats"], images, labels, jax.random.PRNGKey(2))
-    if axis_type is None:
-        return jax.device_get(step(*args))
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(axis_type,) * 2)
     with jax.set_mesh(mesh):   # params replicated, batch over "data" (JAX's sharding guide)
         args = jax.device_put(args, (P(), P(), P("data"), P("data"), P()))
