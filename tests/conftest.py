@@ -17,6 +17,19 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
     if "intra_op_parallelism_threads" not in os.environ["XLA_FLAGS"]:
         os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
+# One persistent XLA compilation cache for the whole run (both xdist workers and every child
+# process inherit it): many tests compile the same programs (the smoke config's train and eval
+# steps in each CLI run, the same model at the same shape in several files). JAX caches only
+# compiles over 1 s, keyed by the program, flags and versions; a hit loads the same executable,
+# so results do not change. Made by the first process that loads this file (the xdist
+# controller), removed when it exits; a JAX_COMPILATION_CACHE_DIR of the caller's is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="eca_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+
 import sys  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
