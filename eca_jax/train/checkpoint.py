@@ -92,9 +92,10 @@ def barriers_through_distributed_service() -> None:
 
     Orbax's default barrier is ``multihost_utils.sync_global_devices``: a collective over every
     device, which orbax also runs from its async-save finalize thread. Across processes such a
-    collective can pair with the main thread's train or eval collectives in another order, and
-    the run deadlocks: seen here with 4 processes, the eval at step 12 hung while step 9's save
-    finalized (eca_jax's CI, 2026-11-30). Named barriers are safe from any thread and time out.
+    collective can pair with the main thread's train or eval collectives in another order and
+    deadlock the run. Named barriers are safe from any thread and time out. (A 4-process test
+    run that hung at its last eval, CI 2026-11-30, first pointed here; the same hang was seen once
+    more with named barriers, so it had another cause: see tests/test_multihost.py run_cli.)
     The switch is orbax's absl flag ``experimental_orbax_use_distributed_barrier``; it is set
     here (and marked present, so it reads the same before absl parses a command line) unless a
     command line gave it. Single-process runs have no barriers either way.
