@@ -18,7 +18,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
         os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 # One persistent XLA compilation cache for the whole run (both xdist workers and every child
-# process inherit it): many tests compile the same programs (the smoke config's train and eval
+# process inherit it; tests/train_helpers.CACHE_EVERY_COMPILE makes the children keep every compile): many tests compile the same programs (the smoke config's train and eval
 # steps in each CLI run, the same model at the same shape in several files). JAX caches only
 # compiles over 1 s, keyed by the program, flags and versions; a hit loads the same executable,
 # so results do not change. Made by the first process that loads this file (the xdist

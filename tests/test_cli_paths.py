@@ -40,12 +40,11 @@ ORBAX_NOISE = "Metadata file does not exist"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment of the CLI processes: CPU with one device, the digits in a temporary data
-    dir, a persistent compilation cache shared by all processes of this module."""
+    dir, every compile kept in the run's persistent compilation cache."""
+    from train_helpers import CACHE_EVERY_COMPILE
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                 TF_CPP_MIN_LOG_LEVEL="2", ECA_JAX_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+                **CACHE_EVERY_COMPILE)
 
 
 def run(cwd, env, *args, ok=True, timeout=300) -> subprocess.CompletedProcess:

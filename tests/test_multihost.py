@@ -32,7 +32,7 @@ from eca_jax import data
 from eca_jax.checkpoints.training import CHECKPOINT_DIRNAME, committed_steps, load_variables, resolve_step_dir
 from eca_jax.data import digits as digits_lib
 from eca_jax.train.loop import train_and_evaluate
-from train_helpers import MULTIHOST_OVERRIDES, SMOKE_CONFIG, EmulatedHosts, free_port, smoke_config
+from train_helpers import CACHE_EVERY_COMPILE, MULTIHOST_OVERRIDES, SMOKE_CONFIG, EmulatedHosts, free_port, smoke_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ HUNG_AFTER_S = 200  # run_cli(retry_hung=True): rerun a launch still running aft
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Environment of every child process: CPU, a shared persistent compilation cache, the digits
+    """Environment of every child process: CPU, every compile kept in the run's persistent cache, the digits
     written once (before any process starts) under a temporary data_dir."""
     root = tmp_path_factory.mktemp("multihost")
     data_dir = str(root / "tfds")
@@ -57,9 +57,7 @@ def env(tmp_path_factory):
     e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     # TF_CPP_MIN_LOG_LEVEL=1 keeps XLA's warnings (e.g. a collective waiting for its peers) in the logs.
     e.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
-             JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+             **CACHE_EVERY_COMPILE,
              JAX_DISABLE_MOST_OPTIMIZATIONS=str(bool(jax.config.read("jax_disable_most_optimizations"))),
              PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), e.get("PYTHONPATH", "")]))
     return {"env": e, "data_dir": data_dir}

@@ -33,7 +33,7 @@ from eca_jax.train.loop import build_model, train_and_evaluate
 from eca_jax.train.optim import make_optimizer
 from eca_jax.train.state import init_state, make_init_fn
 from eca_jax.train.step import make_train_step
-from train_helpers import SyntheticData, _examples, tiny_config
+from train_helpers import CACHE_EVERY_COMPILE, SyntheticData, _examples, tiny_config
 from train_worker import install_save_fault
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,24 +57,8 @@ def final_variables(workdir):
     return int(step_dir.name), load_variables(step_dir)
 
 
-_CACHE_DIR: list[str] = []  # one persistent compilation cache shared by this module's workers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _worker_compilation_cache(tmp_path_factory):
-    """Workers compile the same programs again and again: share a persistent XLA cache (a hit
-    loads the identical executable, so results are unchanged)."""
-    _CACHE_DIR.append(str(tmp_path_factory.mktemp("xla_cache")))
-    yield
-    _CACHE_DIR.clear()
-
-
 def worker_env():
-    env = dict(os.environ)
-    if _CACHE_DIR:
-        env.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR[0],
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    env = dict(os.environ, **CACHE_EVERY_COMPILE)  # workers compile the same programs again and again
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = str(bool(jax.config.read("jax_disable_most_optimizations")))
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"),
                                          env.get("PYTHONPATH", "")])

@@ -18,6 +18,12 @@ import numpy as np
 
 NUM_CLASSES = 4
 
+# Environment for the Pythons the tests launch: they write every compile, however small, into the
+# run's persistent compilation cache (its directory set by tests/conftest.py and inherited), so a
+# later process of the same program loads it instead of compiling (a hit is the same executable).
+CACHE_EVERY_COMPILE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
 
 @dataclasses.dataclass
 class Info:
